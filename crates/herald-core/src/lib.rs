@@ -1,0 +1,18 @@
+//! The heart of Herald, shared by the server and every backend crate.
+//!
+//! - [`model`]: the notify request as homeservers really send it, parsed leniently.
+//! - [`backend`]: the small [`Backend`] trait every upstream implements, and the outcome classes
+//!   (delivered / token dead / transient / credentials refused / message refused).
+//! - [`routing`]: mapping a device's `app_id` to the configured app, exact names first, then globs.
+//! - [`log_backend`]: the always-compiled dry-run backend.
+//! - [`redact`]: how pushkeys appear in logs (a short hash, never the key).
+
+pub mod backend;
+pub mod log_backend;
+pub mod model;
+pub mod redact;
+pub mod routing;
+
+pub use backend::{AppContext, Backend, BackendFactory, BuildError, DeliveryError, ErrorClass, Outcome};
+pub use model::{Counts, Device, Notification, NotifyRequest, ParseError, Priority};
+pub use routing::{AppRouter, RoutingError};
