@@ -5,14 +5,19 @@
 //!   (delivered / token dead / transient / credentials refused / message refused).
 //! - [`routing`]: mapping a device's `app_id` to the configured app, exact names first, then globs.
 //! - [`log_backend`]: the always-compiled dry-run backend.
+//! - [`config`]: value notations (durations) shared by every configuration section.
 //! - [`redact`]: how pushkeys appear in logs (a short hash, never the key).
 
 pub mod backend;
+pub mod config;
 pub mod log_backend;
 pub mod model;
 pub mod redact;
 pub mod routing;
 
-pub use backend::{AppContext, Backend, BackendFactory, BuildError, DeliveryError, ErrorClass, Outcome};
+pub use backend::{
+    parse_retry_after, AppContext, Backend, BackendFactory, BuildError, DeliveryError, ErrorClass,
+    Outcome,
+};
 pub use model::{Counts, Device, Notification, NotifyRequest, ParseError, Priority};
 pub use routing::{AppRouter, RoutingError};
