@@ -11,7 +11,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration like \"20s\""))?;
+    let value: f64 =
+        number.parse().map_err(|_| format!("`{text}` is not a duration like \"20s\""))?;
     let scale = match unit.trim() {
         "ms" => 0.001,
         "" | "s" => 1.0,

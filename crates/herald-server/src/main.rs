@@ -1,1 +1,139 @@
-fn main() {}
+//! The `herald` command line: `serve`, `check-config`, `vapid-keygen`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use herald_server::{BackendRegistry, Config, Server};
+
+/// Herald, a Matrix push gateway.
+#[derive(Parser)]
+#[command(name = "herald", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(short, long, env = "HERALD_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration (including building every app) and exit.
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(short, long, env = "HERALD_CONFIG")]
+        config: PathBuf,
+    },
+    /// Create a VAPID key pair for a WebPush app and print the applicationServerKey.
+    #[cfg(feature = "webpush")]
+    VapidKeygen {
+        /// Where to write the private key (PEM, mode 0600). Refuses to overwrite.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config } => serve(&config).await,
+            Command::CheckConfig { config } => check_config(&config),
+            #[cfg(feature = "webpush")]
+            Command::VapidKeygen { out } => vapid_keygen(&out),
+        }
+    })
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("herald: invalid configuration: {e}");
+        ExitCode::from(2)
+    })
+}
+
+async fn serve(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    herald_server::telemetry::init(&config.log);
+    let server = match Server::bind(&config, &BackendRegistry::compiled()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            eprintln!("herald: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    server.run(shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let metrics = herald_server::metrics::Metrics::new();
+    match herald_server::server::build_apps(&config, &BackendRegistry::compiled(), &metrics) {
+        Ok(apps) => {
+            let count = apps.iter().count();
+            eprintln!("herald: {} is valid ({count} apps)", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald: invalid configuration: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(feature = "webpush")]
+fn vapid_keygen(out: &std::path::Path) -> ExitCode {
+    match herald_webpush::generate_vapid_key(out) {
+        Ok(public_key) => {
+            eprintln!("herald: wrote the VAPID private key to {}", out.display());
+            eprintln!("herald: give web clients this applicationServerKey:");
+            // The key alone on stdout, so scripts can capture it.
+            println!("{public_key}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

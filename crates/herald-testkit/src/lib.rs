@@ -1,1 +1,11 @@
-//! placeholder
+//! Test helpers for Herald, used as a dev-dependency only.
+//!
+//! - [`scripted`]: a backend whose answers a test scripts per pushkey, and which records what it
+//!   delivered, for testing the server's dispatch, retry and dedup behaviour.
+//! - [`fake_push`]: a WebPush push service on a real socket that verifies VAPID, decrypts
+//!   aes128gcm bodies and answers as scripted.
+//! - [`notify`]: builders for notify request bodies as real homeservers send them.
+
+pub mod fake_push;
+pub mod notify;
+pub mod scripted;

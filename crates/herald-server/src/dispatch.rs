@@ -1,0 +1,270 @@
+//! The notify data path after parsing: for each device, route by app_id → dedup claim → deliver
+//! through the [`delivery`](crate::delivery) layer → record → collect `rejected`; then decide the
+//! HTTP answer per domain.md §2 (200 + rejected, or a 5xx only when a homeserver retry can help).
+
+use std::sync::Arc;
+
+use herald_core::redact::PushkeyHash;
+use herald_core::{AppRouter, Device, ErrorClass, Notification, Outcome};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::claims::{wait_for_owner, Claim, Claims};
+use crate::delivery::{App, LayerError, RetryPolicy};
+use crate::metrics::{AppMetrics, StoreMetrics};
+use crate::store::{DedupKey, DedupStore};
+
+/// What happened to one device.
+#[derive(Debug)]
+enum DeviceResult {
+    Delivered,
+    Skipped,
+    Duplicate,
+    Rejected,
+    MessageRefused,
+    Failed(Failure),
+}
+
+/// Failures that make the homeserver retry, most urgent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Failure {
+    /// The dedup store is unavailable (503).
+    Store,
+    /// The request deadline passed (504).
+    Deadline,
+    /// The upstream refused Herald's credentials (502; an operator must act).
+    CredentialsRefused,
+    /// Transient upstream trouble outlasted the retries (502).
+    Transient,
+}
+
+impl Failure {
+    /// The HTTP status for the homeserver.
+    pub fn status(self) -> u16 {
+        match self {
+            Failure::Store => 503,
+            Failure::Deadline => 504,
+            Failure::CredentialsRefused | Failure::Transient => 502,
+        }
+    }
+
+    /// The `error` text for the homeserver.
+    pub fn message(self) -> &'static str {
+        match self {
+            Failure::Store => "dedup store unavailable; retry later",
+            Failure::Deadline => "delivery did not finish within the deadline; retry later",
+            Failure::CredentialsRefused => {
+                "upstream refused the gateway's credentials; retry later"
+            }
+            Failure::Transient => "upstream temporarily unavailable; retry later",
+        }
+    }
+}
+
+/// The answer to one notify request.
+#[derive(Debug)]
+pub enum Answer {
+    /// 200 with these rejected pushkeys.
+    Rejected(Vec<String>),
+    /// A 5xx: at least one device failed in a way a retry can fix.
+    Failed(Failure),
+}
+
+/// Routes and delivers notifications; shared by all requests.
+pub struct Dispatcher {
+    router: AppRouter<Arc<App>>,
+    store: Arc<dyn DedupStore>,
+    claims: Claims,
+    policy: RetryPolicy,
+    unknown_app: AppMetrics,
+    store_metrics: StoreMetrics,
+}
+
+impl Dispatcher {
+    /// Assembles the data path.
+    pub fn new(
+        router: AppRouter<Arc<App>>,
+        store: Arc<dyn DedupStore>,
+        policy: RetryPolicy,
+        unknown_app: AppMetrics,
+        store_metrics: StoreMetrics,
+    ) -> Self {
+        Dispatcher { router, store, claims: Claims::default(), policy, unknown_app, store_metrics }
+    }
+
+    /// The dedup store.
+    pub fn store(&self) -> &Arc<dyn DedupStore> {
+        &self.store
+    }
+
+    /// Delivers to every device concurrently and decides the answer.
+    pub async fn notify(&self, notification: &Notification, deadline: Instant) -> Answer {
+        let devices = &notification.devices;
+        let results: Vec<DeviceResult> = if devices.len() == 1 {
+            // Synapse's case: one device per request; skip the join machinery.
+            vec![self.device(notification, &devices[0], deadline).await]
+        } else {
+            futures_util::future::join_all(
+                devices.iter().map(|d| self.device(notification, d, deadline)),
+            )
+            .await
+        };
+        let mut rejected = Vec::new();
+        let mut failure: Option<Failure> = None;
+        for (device, result) in devices.iter().zip(results) {
+            match result {
+                DeviceResult::Rejected => {
+                    if !rejected.contains(&device.pushkey) {
+                        rejected.push(device.pushkey.clone());
+                    }
+                }
+                DeviceResult::Failed(f) => failure = Some(failure.map_or(f, |g| g.min(f))),
+                DeviceResult::Delivered
+                | DeviceResult::Skipped
+                | DeviceResult::Duplicate
+                | DeviceResult::MessageRefused => {}
+            }
+        }
+        match failure {
+            Some(f) => Answer::Failed(f),
+            None => Answer::Rejected(rejected),
+        }
+    }
+
+    async fn device(&self, n: &Notification, device: &Device, deadline: Instant) -> DeviceResult {
+        let Some(app) = self.router.route(&device.app_id) else {
+            self.unknown_app.count("rejected");
+            tracing::info!(
+                app_id = %device.app_id,
+                pushkey = %PushkeyHash::of(&device.pushkey),
+                "unknown app_id: pushkey rejected"
+            );
+            return DeviceResult::Rejected;
+        };
+        let span = tracing::info_span!(
+            "device",
+            app = %app.key,
+            event_id = n.event_id.as_deref().unwrap_or(""),
+            pushkey = %PushkeyHash::of(&device.pushkey),
+        );
+        let result = match n.dedup_event_id() {
+            None => self.deliver(app, n, device, deadline).instrument(span.clone()).await,
+            Some(event_id) => {
+                let key = DedupKey::new(event_id, &device.app_id, &device.pushkey);
+                self.deliver_once(app, n, device, key, deadline).instrument(span.clone()).await
+            }
+        };
+        app.metrics.count(match &result {
+            DeviceResult::Delivered => "delivered",
+            DeviceResult::Skipped => "skipped",
+            DeviceResult::Duplicate => "deduplicated",
+            DeviceResult::Rejected => "rejected",
+            DeviceResult::MessageRefused => "failed_message_refused",
+            DeviceResult::Failed(Failure::Transient) => "failed_transient",
+            DeviceResult::Failed(Failure::CredentialsRefused) => "failed_credentials_refused",
+            DeviceResult::Failed(Failure::Deadline) => "failed_deadline",
+            DeviceResult::Failed(Failure::Store) => "failed_store",
+        });
+        result
+    }
+
+    /// Delivers unless already delivered; concurrent identical deliveries wait for the first.
+    async fn deliver_once(
+        &self,
+        app: &App,
+        n: &Notification,
+        device: &Device,
+        key: DedupKey,
+        deadline: Instant,
+    ) -> DeviceResult {
+        loop {
+            let guard = match self.claims.claim(key) {
+                Claim::Owner(guard) => guard,
+                Claim::Wait(rx) => {
+                    match tokio::time::timeout_at(deadline, wait_for_owner(rx)).await {
+                        Ok(true) => return DeviceResult::Duplicate,
+                        Ok(false) => continue, // the owner failed: try ourselves
+                        Err(_) => return DeviceResult::Failed(Failure::Deadline),
+                    }
+                }
+            };
+            let started = std::time::Instant::now();
+            let seen = tokio::time::timeout_at(deadline, self.store.was_delivered(&key)).await;
+            self.store_metrics.lookup.observe(started.elapsed().as_secs_f64());
+            match seen {
+                Ok(Ok(true)) => {
+                    guard.finish(true);
+                    return DeviceResult::Duplicate;
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "dedup lookup failed");
+                    return DeviceResult::Failed(Failure::Store);
+                }
+                Err(_) => return DeviceResult::Failed(Failure::Deadline),
+            }
+            let result = self.deliver(app, n, device, deadline).await;
+            if !matches!(result, DeviceResult::Delivered | DeviceResult::Skipped) {
+                guard.finish(false);
+                return result;
+            }
+            let started = std::time::Instant::now();
+            // Not bounded by the request deadline: the message is out, so the record must land
+            // or a retry would alert twice. The writer answers within a commit.
+            let recorded = self.store.record_delivered(key).await;
+            self.store_metrics.record.observe(started.elapsed().as_secs_f64());
+            if let Err(e) = recorded {
+                // Delivered but not remembered: report success (the user got it); a retry of
+                // this same event may alert twice, which beats a lost notification.
+                tracing::error!(error = %e, "delivered but could not record in dedup store");
+            }
+            guard.finish(true);
+            return result;
+        }
+    }
+
+    async fn deliver(
+        &self,
+        app: &App,
+        n: &Notification,
+        device: &Device,
+        deadline: Instant,
+    ) -> DeviceResult {
+        match self.policy.deliver(app, n, device, deadline).await {
+            Ok(Outcome::Delivered) => {
+                tracing::debug!("delivered");
+                DeviceResult::Delivered
+            }
+            Ok(Outcome::Skipped(why)) => {
+                tracing::debug!(reason = why, "skipped");
+                DeviceResult::Skipped
+            }
+            Ok(Outcome::TokenDead(why)) => {
+                tracing::info!(reason = %why, "token dead: pushkey rejected");
+                DeviceResult::Rejected
+            }
+            Err(LayerError::Deadline) => {
+                tracing::warn!("request deadline passed before delivery succeeded");
+                DeviceResult::Failed(Failure::Deadline)
+            }
+            Err(LayerError::Backend(e)) => match e.class() {
+                ErrorClass::Transient => {
+                    tracing::warn!(error = %e.message(), "transient upstream failure after retries");
+                    DeviceResult::Failed(Failure::Transient)
+                }
+                ErrorClass::CredentialsRefused => {
+                    tracing::error!(
+                        backend = %app.kind,
+                        error = %e.message(),
+                        "upstream refused Herald's credentials: fix the app's configuration"
+                    );
+                    DeviceResult::Failed(Failure::CredentialsRefused)
+                }
+                ErrorClass::MessageRefused => {
+                    tracing::warn!(error = %e.message(), "upstream refused the message; dropped");
+                    DeviceResult::MessageRefused
+                }
+            },
+        }
+    }
+}

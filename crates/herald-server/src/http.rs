@@ -1,0 +1,210 @@
+//! The HTTP surface: routes, body limits, request parsing and the exact JSON answers.
+//!
+//! Bodies are read from bytes whatever the Content-Type (homeservers are not all careful with it).
+//! Every error is JSON with a Matrix `errcode`; bad input never gets a 5xx.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use herald_core::model::ParseError;
+use herald_core::NotifyRequest;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::dispatch::{Answer, Dispatcher};
+use crate::metrics::Metrics;
+
+/// The notify path of the Push Gateway API.
+pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
+
+/// Everything a handler needs.
+pub struct AppState {
+    /// The data path.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Largest body accepted.
+    pub body_limit: usize,
+    /// Time allowed to receive a body.
+    pub body_read_timeout: Duration,
+    /// Deadline for answering one notify request.
+    pub request_deadline: Duration,
+}
+
+/// Builds the router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(NOTIFY_PATH, post(notify))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}
+
+#[derive(Serialize)]
+struct MatrixError<'a> {
+    errcode: &'a str,
+    error: &'a str,
+}
+
+#[derive(Serialize)]
+struct RejectedBody<'a> {
+    rejected: &'a [String],
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A Matrix error response.
+pub fn error_response(status: StatusCode, errcode: &str, error: &str) -> Response {
+    let body = serde_json::to_vec(&MatrixError { errcode, error }).unwrap_or_default();
+    json_response(status, body)
+}
+
+fn rejected_response(rejected: &[String]) -> Response {
+    if rejected.is_empty() {
+        return json_response(StatusCode::OK, br#"{"rejected":[]}"#.to_vec());
+    }
+    let body = serde_json::to_vec(&RejectedBody { rejected }).unwrap_or_default();
+    json_response(StatusCode::OK, body)
+}
+
+async fn read_body(state: &AppState, request: Request) -> Result<Bytes, Response> {
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "M_TOO_LARGE",
+            &format!("request body is larger than {} bytes", state.body_limit),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > state.body_limit) {
+        return Err(too_large());
+    }
+    let body = Limited::new(request.into_body(), state.body_limit);
+    match tokio::time::timeout(state.body_read_timeout, body.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "M_BAD_JSON",
+            &format!("could not read the request body: {e}"),
+        )),
+        Err(_) => Err(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "M_UNKNOWN",
+            "timed out reading the request body",
+        )),
+    }
+}
+
+fn parse_error_response(e: &ParseError) -> Response {
+    error_response(StatusCode::BAD_REQUEST, e.kind.errcode(), &e.message)
+}
+
+async fn notify(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let body = match read_body(&state, request).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let notification = match NotifyRequest::from_slice(&body) {
+        Ok(r) => r.notification,
+        Err(e) => {
+            tracing::info!(error = %e.message, "malformed notify request");
+            return parse_error_response(&e);
+        }
+    };
+    if notification.devices.is_empty() {
+        return rejected_response(&[]);
+    }
+    let deadline = Instant::now() + state.request_deadline;
+    let span = tracing::info_span!(
+        "notify",
+        event_id = notification.event_id.as_deref().unwrap_or(""),
+        devices = notification.devices.len(),
+    );
+    let dispatcher = state.dispatcher.clone();
+    // A task of its own, so a homeserver that hangs up mid-delivery cannot cancel it halfway
+    // between "sent upstream" and "recorded": the retry it will send must find the record.
+    let task = tokio::spawn(
+        async move { dispatcher.notify(&notification, deadline).await }.instrument(span),
+    );
+    match task.await {
+        Ok(Answer::Rejected(rejected)) => rejected_response(&rejected),
+        Ok(Answer::Failed(failure)) => error_response(
+            StatusCode::from_u16(failure.status()).unwrap_or(StatusCode::BAD_GATEWAY),
+            "M_UNKNOWN",
+            failure.message(),
+        ),
+        Err(e) => {
+            // A panicking backend: a bug, but the homeserver should retry rather than drop.
+            tracing::error!(error = %e, "notify task failed");
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "M_UNKNOWN",
+                "internal error; retry later",
+            )
+        }
+    }
+}
+
+async fn health() -> Response {
+    json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "unrecognized request")
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED", "method not allowed")
+}
+
+async fn count_requests(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    struct InFlight<'a>(&'a Metrics);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.in_flight.dec();
+        }
+    }
+    state.metrics.in_flight.inc();
+    let _in_flight = InFlight(&state.metrics);
+    let response = next.run(request).await;
+    state.metrics.count_status(response.status().as_u16());
+    response
+}

@@ -1,0 +1,74 @@
+//! The dedup store: which (event_id, app_id, pushkey) triples were already delivered.
+//!
+//! The [`DedupStore`] trait is what dispatch talks to; [`sqlite::SqliteStore`] is the embedded
+//! default. A PostgreSQL store for multi-instance deployments implements the same trait.
+//! Concurrent identical requests inside one process are coordinated by [`crate::claims`], not here.
+
+pub mod sqlite;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+/// The identity of one delivery: a 128-bit hash of (event_id, app_id, pushkey).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DedupKey([u8; 16]);
+
+impl DedupKey {
+    /// Hashes the triple, length-prefixing each part so that no two triples share an encoding.
+    pub fn new(event_id: &str, app_id: &str, pushkey: &str) -> Self {
+        let mut h = Sha256::new();
+        for part in [event_id, app_id, pushkey] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        let digest = h.finalize();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        DedupKey(key)
+    }
+
+    /// The raw bytes, as stored.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DedupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0[..4] {
+            write!(f, "{b:02x}")?;
+        }
+        f.write_str("…")
+    }
+}
+
+/// The store could not answer; dispatch reports 503 so the homeserver retries.
+#[derive(Debug, thiserror::Error)]
+#[error("dedup store: {0}")]
+pub struct StoreError(pub String);
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+/// Remembers delivered notifications for a TTL.
+#[async_trait]
+pub trait DedupStore: Send + Sync + 'static {
+    /// True when `key` was recorded within the TTL.
+    async fn was_delivered(&self, key: &DedupKey) -> Result<bool, StoreError>;
+    /// Records a successful delivery; returns once it is committed.
+    async fn record_delivered(&self, key: DedupKey) -> Result<(), StoreError>;
+    /// Deletes entries older than the TTL; returns how many.
+    async fn prune_expired(&self) -> Result<u64, StoreError>;
+    /// Finishes pending writes and closes.
+    async fn close(&self);
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs() as i64
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the `herald` server: one test binary (link once), one module per area.
+
+#![allow(unreachable_pub, missing_docs)]
+
+mod common;
+mod dispatch;
+mod handlers;
+mod lifecycle;
