@@ -1,0 +1,26 @@
+//! Herald's WebPush backend (`kind = "webpush"`): delivers Matrix notifications to browsers.
+//!
+//! Follows Sygnal's conventions so existing web clients work unchanged: the pushkey is the
+//! subscription's `p256dh` key, the pusher's `data` carries `endpoint` and `auth`, and the payload
+//! is the JSON that Sygnal sends. Payloads are encrypted with aes128gcm (RFC 8291) and signed with
+//! VAPID (RFC 8292).
+//!
+//! - [`config`]: the app's configuration section.
+//! - `backend`: [`WebPushBackend`], one notification → one push-service request → an outcome.
+//! - `subscription`: reading a device's pushkey and pusher data.
+//! - `payload`: the JSON payload, shrunk to fit the push services' 4096-byte limit.
+//! - `vapid`: the VAPID key, and JWTs signed once per push-service origin.
+//! - `guard`: the SSRF guard, in the URL pre-check and in the connector itself.
+//!
+//! `docs/backends/webpush.md` explains setup for operators and web clients.
+
+mod backend;
+pub mod config;
+mod guard;
+mod payload;
+mod subscription;
+mod vapid;
+
+pub use backend::WebPushBackend;
+pub use config::{Urgency, WebPushConfig};
+pub use vapid::{generate_vapid_key, vapid_public_key};

@@ -1,0 +1,105 @@
+//! Integration tests of the WebPush backend against the fake push service on a real socket.
+//!
+//! One test binary with modules, to keep link time down.
+
+mod build;
+mod outcomes;
+mod payload;
+mod pool;
+mod ssrf;
+mod vapid;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use herald_core::{
+    AppContext, Backend, BackendFactory, DeliveryError, Device, Notification, Outcome,
+};
+use herald_testkit::fake_push::TestSubscription;
+use herald_webpush::{WebPushBackend, WebPushConfig};
+use serde_json::{json, Value};
+
+/// A built backend and the directory holding its VAPID key.
+struct Setup {
+    backend: Arc<dyn Backend>,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// A backend whose key is created on first start and which may reach the fake on 127.0.0.1.
+    fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    fn with(adjust: impl FnOnce(&mut WebPushConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = WebPushConfig::new("vapid.pem", "mailto:ops@example.org");
+        config.create_vapid_key_if_missing = true;
+        config.allowed_endpoints = vec!["127.0.0.1:*".to_owned()];
+        adjust(&mut config);
+        let backend = WebPushBackend::build(&app(dir.path()), config).expect("build backend");
+        Setup { backend, dir }
+    }
+
+    fn public_key(&self) -> String {
+        herald_webpush::vapid_public_key(&self.dir.path().join("vapid.pem")).expect("public key")
+    }
+
+    async fn deliver(
+        &self,
+        notification: &Notification,
+        device: &Device,
+    ) -> Result<Outcome, DeliveryError> {
+        self.backend.deliver(notification, device).await
+    }
+}
+
+fn app(dir: &Path) -> AppContext {
+    AppContext {
+        app_id: "org.example.web".to_owned(),
+        data_dir: dir.to_path_buf(),
+        config_dir: dir.to_path_buf(),
+    }
+}
+
+/// A notification from the `notification` object of a notify request (without `devices`).
+fn notification(fields: Value) -> Notification {
+    let mut fields = fields;
+    fields["devices"] = json!([]);
+    serde_json::from_value(fields).expect("notification")
+}
+
+/// A full-format message notification.
+fn message(body: &str) -> Notification {
+    notification(json!({
+        "event_id": "$ev1", "room_id": "!room:example.org", "type": "m.room.message",
+        "sender": "@alice:example.org", "sender_display_name": "Alice", "room_name": "Tea",
+        "room_alias": "#tea:example.org", "prio": "high",
+        "content": {"msgtype": "m.text", "body": body, "format": "org.matrix.custom.html",
+            "formatted_body": "<b>Hello</b>"},
+        "counts": {"unread": 3, "missed_calls": 1}
+    }))
+}
+
+/// The device a web client registers for `sub`, with `extra` merged into its pusher data.
+fn device(sub: &TestSubscription, extra: Value) -> Device {
+    device_with(&sub.p256dh, sub.pusher_data(), extra)
+}
+
+fn device_with(pushkey: &str, data: Value, extra: Value) -> Device {
+    let mut data = data;
+    if let (Some(data), Value::Object(extra)) = (data.as_object_mut(), extra) {
+        data.extend(extra);
+    }
+    serde_json::from_value(json!({
+        "app_id": "org.example.web", "pushkey": pushkey, "pushkey_ts": 1, "data": data, "tweaks": {}
+    }))
+    .expect("device")
+}
+
+fn assert_dead(outcome: &Result<Outcome, DeliveryError>) -> String {
+    match outcome {
+        Ok(Outcome::TokenDead(reason)) => reason.clone(),
+        other => panic!("expected TokenDead, got {other:?}"),
+    }
+}
