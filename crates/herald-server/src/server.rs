@@ -118,7 +118,7 @@ impl Server {
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or_else(|_| self.config.listen)
+        self.listener.local_addr().unwrap_or(self.config.listen)
     }
 
     /// The router, for tests that call handlers without a socket.
