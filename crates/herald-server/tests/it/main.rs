@@ -3,6 +3,7 @@
 #![allow(unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 mod common;
+mod configs;
 mod dispatch;
 mod handlers;
 mod lifecycle;

@@ -1,0 +1,39 @@
+//! The shipped configuration files stay valid: every key in them is known and every app builds.
+
+use std::path::Path;
+
+use herald_server::metrics::Metrics;
+use herald_server::server::build_apps;
+use herald_server::{BackendRegistry, Config};
+
+fn repo_file(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(name)
+}
+
+fn builds(config: &Config) -> usize {
+    build_apps(config, &BackendRegistry::compiled(), &Metrics::new()).unwrap().iter().count()
+}
+
+#[test]
+fn example_config_is_complete_and_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.toml");
+    std::fs::copy(repo_file("configs/herald.example.toml"), &path).unwrap();
+    herald_webpush::generate_vapid_key(&dir.path().join("vapid.pem")).unwrap();
+    let config = Config::load(&path).unwrap();
+    assert_eq!(builds(&config), 2);
+    assert!(config.apps.contains_key("org.example.*"));
+}
+
+#[test]
+fn quickstart_config_builds_and_creates_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = dir.path().join("configs");
+    std::fs::create_dir(&configs).unwrap();
+    let path = configs.join("quickstart.toml");
+    std::fs::copy(repo_file("configs/quickstart.toml"), &path).unwrap();
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.server.listen, "127.0.0.1:5000".parse().unwrap());
+    assert_eq!(builds(&config), 2);
+    assert!(dir.path().join("data/vapid.pem").exists(), "key created next to the store");
+}
