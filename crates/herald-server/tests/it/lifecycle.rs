@@ -184,3 +184,21 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     assert!(store.was_delivered(&DedupKey::new("$slow", APP, "slow")).await.unwrap());
     store.close().await;
 }
+
+#[tokio::test]
+async fn slow_header_senders_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), "");
+    cfg.server.header_read_timeout = Duration::from_millis(300);
+    let server = TestServer::start(&cfg).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(b"POST /_matrix/push/v1/notify HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    // The server closes the connection once the header-read timeout (300ms here) passes.
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "connection still open after 5s");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    server.stop().await;
+}
