@@ -9,6 +9,23 @@ pub fn message(event_id: &str, app_id: &str, pushkey: &str) -> Value {
 
 /// A full-format message notification for several devices.
 pub fn message_to(event_id: &str, devices: &[(&str, &str)]) -> Value {
+    let devices = devices
+        .iter()
+        .map(|(app_id, pushkey)| {
+            json!({
+                "app_id": app_id,
+                "pushkey": pushkey,
+                "pushkey_ts": 12345678,
+                "data": {},
+                "tweaks": {"sound": "bing"}
+            })
+        })
+        .collect();
+    message_with_devices(event_id, devices)
+}
+
+/// The spec's example notification, sent to the given device objects.
+pub fn message_with_devices(event_id: &str, devices: Vec<Value>) -> Value {
     json!({
         "notification": {
             "event_id": event_id,
@@ -21,13 +38,7 @@ pub fn message_to(event_id: &str, devices: &[(&str, &str)]) -> Value {
             "prio": "high",
             "content": {"msgtype": "m.text", "body": "I'm floating in a most peculiar way."},
             "counts": {"unread": 2, "missed_calls": 1},
-            "devices": devices.iter().map(|(app_id, pushkey)| json!({
-                "app_id": app_id,
-                "pushkey": pushkey,
-                "pushkey_ts": 12345678,
-                "data": {},
-                "tweaks": {"sound": "bing"}
-            })).collect::<Vec<_>>()
+            "devices": devices
         }
     })
 }

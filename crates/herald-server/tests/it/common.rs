@@ -2,7 +2,9 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_server::{BackendRegistry, Config, Server};
@@ -125,4 +127,40 @@ pub fn outcome_count(metrics: &str, app: &str, outcome: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&needle))
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0)
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// The real `herald` binary, serving `config` on `addr`.
+pub struct HeraldProcess {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl HeraldProcess {
+    pub async fn spawn(config: &Path, addr: SocketAddr) -> HeraldProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn herald");
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "herald did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        HeraldProcess { child, addr }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
 }

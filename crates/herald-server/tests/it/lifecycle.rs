@@ -1,8 +1,6 @@
 //! Restarts, pruning and graceful shutdown, including the real `herald` binary killed with SIGKILL.
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use herald_server::store::sqlite::{SqliteStore, SqliteStoreOptions};
@@ -11,45 +9,14 @@ use herald_testkit::notify::message;
 use herald_testkit::scripted::Step;
 use serde_json::json;
 
-use crate::common::{config, get_text, outcome_count, post, TestServer, APP};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Herald {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Herald {
-    async fn spawn(config: &Path, addr: SocketAddr) -> Herald {
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn herald");
-        let started = Instant::now();
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "herald did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Herald { child, addr }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL: no chance to flush anything
-        self.child.wait().unwrap();
-    }
-}
+use crate::common::{
+    config, free_addr, get_text, outcome_count, post, HeraldProcess, TestServer, APP,
+};
 
 #[tokio::test]
 async fn killed_and_restarted_binary_still_deduplicates() {
     let dir = tempfile::tempdir().unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let addr = free_addr();
     let config_path = dir.path().join("herald.toml");
     std::fs::write(
         &config_path,
@@ -61,13 +28,13 @@ async fn killed_and_restarted_binary_still_deduplicates() {
     .unwrap();
     let body = message("$restart", "org.example.log", "k").to_string();
 
-    let herald = Herald::spawn(&config_path, addr).await;
+    let herald = HeraldProcess::spawn(&config_path, addr).await;
     assert_eq!(post(herald.addr, "/_matrix/push/v1/notify", body.clone()).await.0, 200);
     let m = get_text(herald.addr, "/metrics").await;
     assert_eq!(outcome_count(&m, "org.example.log", "delivered"), 1, "{m}");
     herald.kill();
 
-    let herald = Herald::spawn(&config_path, addr).await;
+    let herald = HeraldProcess::spawn(&config_path, addr).await;
     assert_eq!(
         post(herald.addr, "/_matrix/push/v1/notify", body).await,
         (200, json!({"rejected": []}))

@@ -1,14 +1,12 @@
 //! The WebPush backend behind the whole server: the fake push service's answers become the right
 //! HTTP answers to the homeserver, and the spec's example is delivered through `herald serve`.
 
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use herald_testkit::fake_push::{Answer, FakePushService, TestSubscription};
 use serde_json::{json, Value};
 
-use crate::common::{config, post, TestServer};
+use crate::common::{config, free_addr, post, HeraldProcess, TestServer};
 
 const WEB_APP: &str = "org.example.web";
 
@@ -28,27 +26,16 @@ fn webpush_app(request_timeout: &str) -> String {
 
 /// The spec's example request, with its device turned into a WebPush subscription.
 fn spec_example(event_id: &str, subscription: &TestSubscription) -> Value {
-    json!({
-        "notification": {
-            "event_id": event_id,
-            "room_id": "!slw48wfj34rtnrf:example.com",
-            "type": "m.room.message",
-            "sender": "@exampleuser:matrix.org",
-            "sender_display_name": "Major Tom",
-            "room_name": "Mission Control",
-            "room_alias": "#exampleroom:matrix.org",
-            "prio": "high",
-            "content": {"msgtype": "m.text", "body": "I'm floating in a most peculiar way."},
-            "counts": {"unread": 2, "missed_calls": 1},
-            "devices": [{
-                "app_id": WEB_APP,
-                "pushkey": subscription.p256dh,
-                "pushkey_ts": 12345678,
-                "data": subscription.pusher_data(),
-                "tweaks": {"sound": "bing"}
-            }]
-        }
-    })
+    herald_testkit::notify::message_with_devices(
+        event_id,
+        vec![json!({
+            "app_id": WEB_APP,
+            "pushkey": subscription.p256dh,
+            "pushkey_ts": 12345678,
+            "data": subscription.pusher_data(),
+            "tweaks": {"sound": "bing"}
+        })],
+    )
 }
 
 #[tokio::test]
@@ -106,8 +93,7 @@ async fn spec_example_through_herald_serve_is_delivered_once() {
     let fake = FakePushService::start().await;
     let subscription = fake.subscribe("/browser-1");
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = free_addr();
     let config_path = dir.path().join("herald.toml");
     std::fs::write(
         &config_path,
@@ -118,24 +104,12 @@ async fn spec_example_through_herald_serve_is_delivered_once() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "herald did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let herald = HeraldProcess::spawn(&config_path, addr).await;
 
     let body = spec_example("$3957tyerfgewrf384", &subscription).to_string();
     let first = post(addr, "/_matrix/push/v1/notify", body.clone()).await;
     let retry = post(addr, "/_matrix/push/v1/notify", body).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    herald.kill();
 
     assert_eq!(first, (200, json!({"rejected": []})));
     assert_eq!(retry, (200, json!({"rejected": []})));
