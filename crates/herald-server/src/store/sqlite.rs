@@ -1,8 +1,10 @@
 //! The embedded dedup store: one SQLite file through sqlx.
 //!
-//! Reads go through a small pool. Writes go through one writer task that owns its own connection
-//! and commits whatever has queued up as one transaction (group commit), so thousands of deliveries
-//! per second cost a handful of commits and no request waits on another's lock. WAL with
+//! Both directions are batched, because each sqlx call costs a round trip to the connection's worker
+//! thread that dwarfs the SQLite work itself: lookups go to one reader task that answers every
+//! lookup queued up with one `SELECT … IN (…)`, and writes go to one writer task that commits
+//! whatever has queued up as one transaction (group commit). Thousands of notifications per second
+//! cost a handful of queries and commits, and no request waits on another's lock. WAL with
 //! `synchronous = NORMAL` keeps commits off fsync; a crash can lose the last few commits, which at
 //! worst lets one retried notification through twice.
 
@@ -35,6 +37,15 @@ pub struct SqliteStoreOptions {
     pub max_batch: usize,
 }
 
+/// Lookups answered per query at the most. Batches are padded to a power of two so that sqlx's
+/// prepared-statement cache holds a handful of statements, not one per batch size.
+const MAX_LOOKUP_BATCH: usize = 256;
+
+enum ReadCommand {
+    Lookup(DedupKey, oneshot::Sender<Result<bool, String>>),
+    Shutdown,
+}
+
 enum WriteCommand {
     Record(DedupKey, oneshot::Sender<Result<(), String>>),
     Prune(oneshot::Sender<Result<u64, String>>),
@@ -43,10 +54,11 @@ enum WriteCommand {
 
 /// The SQLite [`DedupStore`].
 pub struct SqliteStore {
-    reads: SqlitePool,
+    /// For occasional queries (diagnostics, bulk inserts); the hot path uses `reader`/`writer`.
+    pool: SqlitePool,
+    reader: mpsc::Sender<ReadCommand>,
     writer: mpsc::Sender<WriteCommand>,
-    writer_task: Mutex<Option<JoinHandle<()>>>,
-    ttl_secs: i64,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 fn migrator() -> Migrator {
@@ -82,36 +94,37 @@ impl SqliteStore {
                 })?;
             }
         }
-        let reads = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(1)
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .min_connections(0)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(connect.clone())
             .await
             .map_err(|e| StoreError(format!("cannot open {url}: {e}")))?;
-        migrator().run(&reads).await.map_err(|e| StoreError(format!("migrating {url}: {e}")))?;
-        let conn = connect.connect().await?;
-        let (writer, rx) = mpsc::channel(options.max_batch * 8);
-        let task = tokio::spawn(run_writer(conn, rx, options.max_batch, options.ttl));
-        Ok(SqliteStore {
-            reads,
-            writer,
-            writer_task: Mutex::new(Some(task)),
-            ttl_secs: options.ttl.as_secs() as i64,
-        })
+        migrator().run(&pool).await.map_err(|e| StoreError(format!("migrating {url}: {e}")))?;
+        let (reader, read_rx) = mpsc::channel(MAX_LOOKUP_BATCH * 8);
+        let (writer, write_rx) = mpsc::channel(options.max_batch * 8);
+        let read_task = tokio::spawn(run_reader(connect.connect().await?, read_rx, options.ttl));
+        let write_task = tokio::spawn(run_writer(
+            connect.connect().await?,
+            write_rx,
+            options.max_batch,
+            options.ttl,
+        ));
+        Ok(SqliteStore { pool, reader, writer, tasks: Mutex::new(vec![read_task, write_task]) })
     }
 
     /// Number of rows (expired or not); for tests and diagnostics.
     pub async fn row_count(&self) -> Result<i64, StoreError> {
         let (n,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM delivered").fetch_one(&self.reads).await?;
+            sqlx::query_as("SELECT COUNT(*) FROM delivered").fetch_one(&self.pool).await?;
         Ok(n)
     }
 
     /// Inserts a record with an explicit timestamp (seconds since the epoch); for tests of expiry
     /// and for pre-filling benchmark databases.
     pub async fn insert_at(&self, keys: &[DedupKey], recorded_at: i64) -> Result<(), StoreError> {
-        let mut tx = self.reads.begin().await?;
+        let mut tx = self.pool.begin().await?;
         for chunk in keys.chunks(500) {
             insert_rows(&mut tx, chunk.iter(), recorded_at).await?;
         }
@@ -123,12 +136,12 @@ impl SqliteStore {
 #[async_trait]
 impl DedupStore for SqliteStore {
     async fn was_delivered(&self, key: &DedupKey) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 FROM delivered WHERE key = ?1 AND recorded_at > ?2")
-            .bind(&key.as_bytes()[..])
-            .bind(unix_now() - self.ttl_secs)
-            .fetch_optional(&self.reads)
-            .await?;
-        Ok(row.is_some())
+        let (tx, rx) = oneshot::channel();
+        self.reader
+            .send(ReadCommand::Lookup(*key, tx))
+            .await
+            .map_err(|_| StoreError("store is closed".into()))?;
+        rx.await.map_err(|_| StoreError("store reader stopped".into()))?.map_err(StoreError)
     }
 
     async fn record_delivered(&self, key: DedupKey) -> Result<(), StoreError> {
@@ -150,11 +163,12 @@ impl DedupStore for SqliteStore {
     }
 
     async fn close(&self) {
+        let _ = self.reader.send(ReadCommand::Shutdown).await;
         let _ = self.writer.send(WriteCommand::Shutdown).await;
-        if let Some(task) = self.writer_task.lock().await.take() {
+        for task in self.tasks.lock().await.drain(..) {
             let _ = task.await;
         }
-        self.reads.close().await;
+        self.pool.close().await;
     }
 }
 
@@ -171,6 +185,66 @@ async fn insert_rows<'k>(
     q.push(" ON CONFLICT(key) DO UPDATE SET recorded_at = excluded.recorded_at");
     q.build().execute(&mut *conn).await?;
     Ok(())
+}
+
+/// Owns a read connection: answers all queued lookups with one query per batch.
+async fn run_reader(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<ReadCommand>,
+    ttl: Duration,
+) {
+    let mut commands = Vec::with_capacity(MAX_LOOKUP_BATCH);
+    let mut lookups: Vec<(DedupKey, oneshot::Sender<Result<bool, String>>)> =
+        Vec::with_capacity(MAX_LOOKUP_BATCH);
+    let mut shutting_down = false;
+    while !shutting_down && rx.recv_many(&mut commands, MAX_LOOKUP_BATCH).await > 0 {
+        for command in commands.drain(..) {
+            match command {
+                ReadCommand::Lookup(key, reply) => lookups.push((key, reply)),
+                ReadCommand::Shutdown => shutting_down = true,
+            }
+        }
+        if lookups.is_empty() {
+            continue;
+        }
+        let cutoff = unix_now() - ttl.as_secs() as i64;
+        match lookup_batch(&mut conn, &lookups, cutoff).await {
+            Ok(found) => {
+                for (key, reply) in lookups.drain(..) {
+                    let _ = reply.send(Ok(found.contains(key.as_bytes())));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "dedup store lookup failed");
+                let e = e.to_string();
+                for (_, reply) in lookups.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+    let _ = conn.close().await;
+}
+
+/// The keys among `lookups` recorded after `cutoff`.
+async fn lookup_batch(
+    conn: &mut SqliteConnection,
+    lookups: &[(DedupKey, oneshot::Sender<Result<bool, String>>)],
+    cutoff: i64,
+) -> Result<Vec<[u8; 16]>, sqlx::Error> {
+    // Pad with the last key up to a power of two (see MAX_LOOKUP_BATCH).
+    let padded = lookups.len().next_power_of_two();
+    let mut q: QueryBuilder<'_, Sqlite> =
+        QueryBuilder::new("SELECT key FROM delivered WHERE recorded_at > ");
+    q.push_bind(cutoff).push(" AND key IN (");
+    let mut list = q.separated(", ");
+    for i in 0..padded {
+        let (key, _) = &lookups[i.min(lookups.len() - 1)];
+        list.push_bind(key.as_bytes().to_vec());
+    }
+    q.push(")");
+    let rows: Vec<(Vec<u8>,)> = q.build_query_as().fetch_all(&mut *conn).await?;
+    Ok(rows.into_iter().filter_map(|(key,)| key.try_into().ok()).collect())
 }
 
 /// Owns the write connection: drains queued records into one transaction at a time, and runs
@@ -314,6 +388,32 @@ mod tests {
         }
         assert_eq!(store.row_count().await.unwrap(), 500);
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_lookups_are_answered_per_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(open(&dir).await);
+        let present: Vec<_> =
+            (0..300).map(|i| DedupKey::new(&format!("$p{i}"), "a", "k")).collect();
+        store.insert_at(&present, unix_now()).await.unwrap();
+        let mut tasks = Vec::new();
+        // 600 lookups in flight at once: several padded batches mixing hits and misses.
+        for i in 0..300 {
+            for (key, expected) in
+                [(present[i], true), (DedupKey::new(&format!("$absent{i}"), "a", "k"), false)]
+            {
+                let store = store.clone();
+                tasks.push(tokio::spawn(async move {
+                    assert_eq!(store.was_delivered(&key).await.unwrap(), expected, "{key:?}");
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        store.close().await;
+        assert!(store.was_delivered(&present[0]).await.is_err(), "closed store refuses");
     }
 
     #[tokio::test]
