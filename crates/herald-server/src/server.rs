@@ -21,6 +21,7 @@ use crate::dispatch::Dispatcher;
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::registry::BackendRegistry;
+use crate::store::recent::RecentCache;
 use crate::store::sqlite::{SqliteStore, SqliteStoreOptions};
 use crate::store::DedupStore;
 
@@ -75,7 +76,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn DedupStore>, StartErr
             SqliteStoreOptions { ttl: config.store.ttl, max_batch: config.store.max_batch };
         let store =
             SqliteStore::open(&url, options).await.map_err(|e| StartError(e.to_string()))?;
-        Ok(Arc::new(store))
+        Ok(Arc::new(RecentCache::new(store, config.store.recent_cache_entries, config.store.ttl)))
     } else {
         Err(StartError(format!(
             "`store.url`: unsupported store `{url}`; this build supports sqlite:// URLs"

@@ -1,9 +1,11 @@
 //! The dedup store: which (event_id, app_id, pushkey) triples were already delivered.
 //!
 //! The [`DedupStore`] trait is what dispatch talks to; [`sqlite::SqliteStore`] is the embedded
-//! default. A PostgreSQL store for multi-instance deployments implements the same trait.
+//! default; [`recent::RecentCache`] answers dedup hits for recent deliveries from memory in front of
+//! any store. A PostgreSQL store for multi-instance deployments implements the same trait.
 //! Concurrent identical requests inside one process are coordinated by [`crate::claims`], not here.
 
+pub mod recent;
 pub mod sqlite;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
