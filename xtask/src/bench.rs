@@ -1,5 +1,772 @@
-//! `cargo xtask bench`: being written (issue 4).
+//! `cargo xtask bench [--quick] [options]`: the end-to-end benchmark of the notify path, measured
+//! against the bare-HTTP ceiling of the same machine (method and latest results:
+//! `docs/performance.md`).
+//!
+//! It builds the release `herald` and the benchmark examples of `herald-server`, starts a fast
+//! fake push service (`bench_upstream`), and for each scenario drives 64 keep-alive connections
+//! with wrk for a fixed time: against a bare hyper server (`bench_ceiling`, the ceiling), then
+//! against a fresh `herald serve` per scenario (unique events, duplicates, badge-only updates,
+//! unique events with a pre-filled dedup table). It prints a table, checks the targets and writes
+//! `target/bench/report.json`. It fails only when the harness breaks or a scenario has errors.
 
-pub(crate) fn run(_args: &[String]) -> Result<(), String> {
-    Err("the benchmark harness is not written yet".into())
+mod procs;
+mod report;
+mod wrk;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use procs::{Proc, RssSampler, Usage};
+use wrk::{Body, Load, Measured};
+
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--duration SECS] [--warmup SECS] \
+                     [--rows N] [--connections N] [--only NAME,..] [--no-build] [--perf]
+
+  --quick          every scenario for 2 s (warm-up 1 s), 200k pre-filled rows: for CI
+  --duration SECS  measured time per scenario (default 10)
+  --warmup SECS    unmeasured load before each scenario (default 2)
+  --rows N         rows pre-filled for the large-table scenario (default 10000000)
+  --connections N  keep-alive connections (default 64)
+  --only NAMES     run only these of: unique, duplicates, badge_only, unique_filled
+                   (the ceiling always runs: every figure is a ratio to it)
+  --no-build       use the release binaries already built
+  --perf           record a CPU profile of herald in every herald scenario that runs, with
+                   `perf` (target/bench/perf-<scenario>.*); perf's own load lowers the figures";
+
+/// The scenarios, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A bare hyper server answering `{"rejected":[]}`.
+    Ceiling,
+    /// A new event per request, one WebPush device each.
+    Unique,
+    /// Every request repeats an already delivered event.
+    Duplicates,
+    /// Badge-only updates (no event; nothing to deduplicate), delivered to the push service.
+    BadgeOnly,
+    /// Like `Unique`, with the dedup table pre-filled.
+    UniqueFilled,
+}
+
+impl Kind {
+    const ALL: [Kind; 5] =
+        [Kind::Ceiling, Kind::Unique, Kind::Duplicates, Kind::BadgeOnly, Kind::UniqueFilled];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Ceiling => "ceiling",
+            Kind::Unique => "unique",
+            Kind::Duplicates => "duplicates",
+            Kind::BadgeOnly => "badge_only",
+            Kind::UniqueFilled => "unique_filled",
+        }
+    }
+}
+
+/// Event ids the duplicates scenario cycles over.
+const DUPLICATE_SET: u32 = 1000;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub(crate) quick: bool,
+    pub(crate) duration: Duration,
+    pub(crate) warmup: Duration,
+    pub(crate) rows: u64,
+    pub(crate) connections: u32,
+    only: Option<Vec<Kind>>,
+    build: bool,
+    pub(crate) perf: bool,
+}
+
+fn parse_options(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        quick: false,
+        duration: Duration::from_secs(10),
+        warmup: Duration::from_secs(2),
+        rows: 10_000_000,
+        connections: 64,
+        only: None,
+        build: true,
+        perf: false,
+    };
+    let (mut duration, mut warmup, mut rows) = (None, None, None);
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut number = |name: &str| -> Result<u64, String> {
+            args.next()
+                .and_then(|v| v.replace('_', "").parse().ok())
+                .ok_or_else(|| format!("{name} needs a whole number\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--quick" => o.quick = true,
+            "--duration" => duration = Some(number("--duration")?.max(1)),
+            "--warmup" => warmup = Some(number("--warmup")?),
+            "--rows" => rows = Some(number("--rows")?),
+            "--connections" => o.connections = number("--connections")?.clamp(2, 10_000) as u32,
+            "--no-build" => o.build = false,
+            "--perf" => o.perf = true,
+            "--only" => {
+                let list = args.next().ok_or_else(|| format!("--only needs names\n{USAGE}"))?;
+                let kinds = list
+                    .split(',')
+                    .map(|n| {
+                        Kind::ALL
+                            .into_iter()
+                            .find(|k| k.name() == n.trim())
+                            .ok_or_else(|| format!("unknown scenario `{n}`\n{USAGE}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                o.only = Some(kinds);
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    if o.quick {
+        o.duration = Duration::from_secs(2);
+        o.warmup = Duration::from_secs(1);
+        o.rows = 200_000;
+    }
+    o.duration = duration.map(Duration::from_secs).unwrap_or(o.duration);
+    o.warmup = warmup.map(Duration::from_secs).unwrap_or(o.warmup);
+    o.rows = rows.unwrap_or(o.rows);
+    Ok(o)
+}
+
+/// Everything a scenario needs.
+struct Bench {
+    options: Options,
+    run_dir: PathBuf,
+    bench_dir: PathBuf,
+    pid_file: PathBuf,
+    herald: PathBuf,
+    examples: PathBuf,
+    wrk: PathBuf,
+    script: PathBuf,
+    upstream: Upstream,
+    ticks: f64,
+}
+
+/// The running fake push service.
+struct Upstream {
+    proc: Proc,
+    addr: SocketAddr,
+    p256dh: String,
+    auth: String,
+    /// The devices' push endpoint.
+    endpoint: String,
+}
+
+impl Upstream {
+    fn pushes(&self) -> Result<u64, String> {
+        let (_, body) = procs::http_get(self.addr, "/stats")?;
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("upstream stats: {e}"))?;
+        v["pushes"].as_u64().ok_or_else(|| "upstream stats without pushes".into())
+    }
+}
+
+/// One scenario's figures.
+#[derive(Debug, Clone)]
+pub(crate) struct Outcome {
+    pub(crate) kind: Kind,
+    pub(crate) label: String,
+    pub(crate) measured: Measured,
+    /// Largest resident set sampled during the measured run, bytes.
+    pub(crate) rss_peak: u64,
+    /// `VmHWM` at the end (includes start-up and warm-up), bytes.
+    pub(crate) rss_hwm: u64,
+    /// What the server under test used during the measured run.
+    pub(crate) usage: Usage,
+    /// What the fake push service used during the measured run.
+    pub(crate) upstream_usage: Usage,
+    /// Wall time of the measured run, seconds.
+    pub(crate) wall: f64,
+    /// CPU seconds of wrk (and perf, when profiling) during the measured run.
+    pub(crate) load_cpu: f64,
+    /// CPU seconds the machine spent on anything else (other processes) during the measured run.
+    pub(crate) other_cpu: f64,
+    /// Requests the fake push service received during the measured run.
+    pub(crate) upstream_pushes: u64,
+    /// Herald's device outcomes during the measured run (`herald_notifications_total`).
+    pub(crate) herald_outcomes: BTreeMap<String, u64>,
+    /// Failed consistency checks (each counts as an error).
+    pub(crate) problems: Vec<String>,
+    /// Pre-filled rows and how long the fill took.
+    pub(crate) fill: Option<(u64, f64)>,
+    /// Whether perf was recording (figures are lowered by it).
+    pub(crate) profiled: bool,
+}
+
+impl Outcome {
+    pub(crate) fn errors(&self) -> u64 {
+        self.measured.errors() + self.problems.len() as u64
+    }
+
+    /// CPU of the server under test, % of one core.
+    pub(crate) fn cpu_percent(&self) -> f64 {
+        (self.usage.user + self.usage.system) * 100.0 / self.wall.max(1e-9)
+    }
+}
+
+/// What [`measure`] saw.
+struct Measurement {
+    measured: Measured,
+    rss_peak: u64,
+    usage: Usage,
+    upstream_usage: Usage,
+    wall: f64,
+    load_cpu: f64,
+    other_cpu: f64,
+}
+
+pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    let options = parse_options(args)?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("xtask is not inside the workspace")?
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root.join(t) })
+        .unwrap_or_else(|| root.join("target"));
+    let bench_dir = target.join("bench");
+    let run_dir = bench_dir.join("run");
+    let pid_file = bench_dir.join("pids");
+    let release = target.join("release");
+    procs::stop_leftovers(&pid_file, &release);
+
+    let wrk = wrk::ensure_wrk()?;
+    if options.build {
+        crate::cargo(&[
+            "build",
+            "--release",
+            "-p",
+            "herald-server",
+            "--bin",
+            "herald",
+            "--example",
+            "bench_upstream",
+            "--example",
+            "bench_ceiling",
+            "--example",
+            "bench_fill",
+        ])?;
+    }
+    let herald = release.join("herald");
+    let examples = release.join("examples");
+    for bin in [herald.clone(), examples.join("bench_upstream"), examples.join("bench_ceiling")] {
+        if !bin.is_file() {
+            return Err(format!("{} is missing (run without --no-build)", bin.display()));
+        }
+    }
+    if run_dir.exists() {
+        std::fs::remove_dir_all(&run_dir)
+            .map_err(|e| format!("cannot clear {}: {e}", run_dir.display()))?;
+    }
+    std::fs::create_dir_all(&run_dir)
+        .map_err(|e| format!("cannot create {}: {e}", run_dir.display()))?;
+    let script = wrk::write_script(&run_dir)?;
+
+    let upstream = start_upstream(&examples, &pid_file)?;
+    let bench = Bench {
+        options,
+        run_dir,
+        bench_dir,
+        pid_file,
+        herald,
+        examples,
+        wrk,
+        script,
+        upstream,
+        ticks: procs::clock_ticks(),
+    };
+    eprintln!(
+        "bench: {} connections, {:?} per scenario after {:?} of warm-up; fake push service on {}",
+        bench.options.connections,
+        bench.options.duration,
+        bench.options.warmup,
+        bench.upstream.addr
+    );
+    let started = Instant::now();
+    let mut outcomes = Vec::new();
+    for kind in Kind::ALL {
+        let wanted = bench.options.only.as_ref().is_none_or(|only| only.contains(&kind));
+        if kind != Kind::Ceiling && !wanted {
+            continue;
+        }
+        eprintln!("bench: scenario {} …", kind.name());
+        let outcome = match kind {
+            Kind::Ceiling => ceiling(&bench)?,
+            _ => herald_scenario(&bench, kind)?,
+        };
+        eprintln!(
+            "bench:   {:.0} req/s, p99 {:.1} ms, {} errors{}",
+            outcome.measured.per_second(),
+            outcome.measured.p99_ms,
+            outcome.errors(),
+            outcome
+                .problems
+                .iter()
+                .map(|p| format!("\n bench:   problem: {p}"))
+                .collect::<String>()
+        );
+        outcomes.push(outcome);
+    }
+    let elapsed = started.elapsed();
+    bench.upstream.proc.stop(Duration::from_secs(2));
+
+    let report = report::Report::new(&bench.options, outcomes, elapsed);
+    println!("{}", report.table());
+    let json_path = bench.bench_dir.join("report.json");
+    std::fs::write(&json_path, report.json())
+        .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
+    println!("report: {}", json_path.display());
+    let broken: Vec<String> = report
+        .outcomes
+        .iter()
+        .filter(|o| o.errors() > 0)
+        .map(|o| format!("{} ({} errors)", o.kind.name(), o.errors()))
+        .collect();
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("scenarios with errors: {}", broken.join(", ")))
+    }
+}
+
+fn start_upstream(examples: &Path, pid_file: &Path) -> Result<Upstream, String> {
+    let mut command = Command::new(examples.join("bench_upstream"));
+    command.args(["--threads", "1", "--max-seconds", "3600"]).stdout(Stdio::piped());
+    let mut proc = Proc::spawn("bench_upstream", &mut command, Some(pid_file))?;
+    let line = proc.first_line(Duration::from_secs(10))?;
+    let hello: Value =
+        serde_json::from_str(&line).map_err(|e| format!("bench_upstream said {line:?}: {e}"))?;
+    let text = |k: &str| {
+        hello[k].as_str().map(str::to_owned).ok_or_else(|| format!("bench_upstream: no {k}"))
+    };
+    let addr = text("addr")?.parse().map_err(|e| format!("bench_upstream address: {e}"))?;
+    let endpoint = format!("http://{addr}/push/bench");
+    Ok(Upstream { addr, p256dh: text("p256dh")?, auth: text("auth")?, endpoint, proc })
+}
+
+impl Bench {
+    fn load<'a>(&'a self, target: SocketAddr, body: Body, tag: &'a str, d: Duration) -> Load<'a> {
+        Load {
+            target: format!("http://{target}"),
+            body,
+            tag,
+            pushkey: &self.upstream.p256dh,
+            auth: &self.upstream.auth,
+            endpoint: &self.upstream.endpoint,
+            connections: self.options.connections,
+            threads: 2,
+            duration: d,
+        }
+    }
+
+    fn wrk(&self, load: &Load<'_>, log: &str) -> Result<Measured, String> {
+        wrk::run(&self.wrk, &self.script, load, &self.run_dir.join(log))
+    }
+}
+
+fn ceiling(bench: &Bench) -> Result<Outcome, String> {
+    let mut command = Command::new(bench.examples.join("bench_ceiling"));
+    command.args(["--max-seconds", "3600"]).stdout(Stdio::piped());
+    let mut proc = Proc::spawn("bench_ceiling", &mut command, Some(&bench.pid_file))?;
+    let line = proc.first_line(Duration::from_secs(10))?;
+    let hello: Value =
+        serde_json::from_str(&line).map_err(|e| format!("bench_ceiling said {line:?}: {e}"))?;
+    let addr: SocketAddr = hello["addr"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("bench_ceiling said {line:?}"))?;
+    if !bench.options.warmup.is_zero() {
+        let load = bench.load(addr, Body::Unique, "cw", bench.options.warmup);
+        bench.wrk(&load, "ceiling.warmup.txt")?;
+    }
+    let load = bench.load(addr, Body::Unique, "c", bench.options.duration);
+    let m = measure(bench, proc.pid(), &load, "ceiling.wrk.txt", None)?;
+    let rss_hwm = procs::status_kb(proc.pid(), "VmHWM").unwrap_or(0);
+    proc.stop(Duration::from_secs(2));
+    Ok(Outcome {
+        kind: Kind::Ceiling,
+        label: "ceiling (bare hyper)".into(),
+        measured: m.measured,
+        rss_peak: m.rss_peak,
+        rss_hwm,
+        usage: m.usage,
+        upstream_usage: m.upstream_usage,
+        wall: m.wall,
+        load_cpu: m.load_cpu,
+        other_cpu: m.other_cpu,
+        upstream_pushes: 0,
+        herald_outcomes: BTreeMap::new(),
+        problems: Vec::new(),
+        fill: None,
+        profiled: false,
+    })
+}
+
+/// Runs wrk against `pid`'s server while sampling its memory and CPU (and the upstream's CPU);
+/// with `profile`, `perf` records the server meanwhile into `target/bench/perf-<profile>.*`.
+fn measure(
+    bench: &Bench,
+    pid: u32,
+    load: &Load<'_>,
+    log: &str,
+    profile: Option<&str>,
+) -> Result<Measurement, String> {
+    let upstream_pid = bench.upstream.proc.pid();
+    let sampler = RssSampler::new(pid);
+    let before = Usage::of(pid, bench.ticks);
+    let upstream_before = Usage::of(upstream_pid, bench.ticks);
+    let load_before = procs::waited_children_cpu(bench.ticks);
+    let (machine_before, _) = procs::machine_cpu(bench.ticks);
+    let wall = Instant::now();
+    std::thread::scope(|scope| {
+        let sampling = scope.spawn(|| sampler.run());
+        let profiler = profile.and_then(|name| start_perf(bench, pid, load.duration, name));
+        let result = bench.wrk(load, log);
+        let seconds = wall.elapsed().as_secs_f64();
+        let usage = Usage::of(pid, bench.ticks).since(before);
+        let upstream_usage = Usage::of(upstream_pid, bench.ticks).since(upstream_before);
+        let load_cpu = procs::waited_children_cpu(bench.ticks) - load_before;
+        let machine = procs::machine_cpu(bench.ticks).0 - machine_before;
+        sampler.finish();
+        if let Some(profiler) = profiler {
+            finish_perf(profiler);
+        }
+        let rss_peak = sampling.join().unwrap_or(0);
+        let ours = usage.user + usage.system + upstream_usage.user + upstream_usage.system;
+        let other_cpu = (machine - ours - load_cpu).max(0.0);
+        result.map(|measured| Measurement {
+            measured,
+            rss_peak,
+            usage,
+            upstream_usage,
+            wall: seconds,
+            load_cpu,
+            other_cpu,
+        })
+    })
+}
+
+fn herald_scenario(bench: &Bench, kind: Kind) -> Result<Outcome, String> {
+    let options = &bench.options;
+    let dir = bench.run_dir.join(kind.name());
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+
+    let mut fill = None;
+    if kind == Kind::UniqueFilled {
+        fill = Some(prefill(bench, &data.join("herald.db"))?);
+    }
+
+    let port = procs::free_port()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let config = dir.join("herald.toml");
+    std::fs::write(&config, herald_config(&data, &bench.run_dir.join("vapid.pem"), addr))
+        .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    let log_path = dir.join("herald.log");
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let mut command = Command::new(&bench.herald);
+    command.arg("serve").arg("--config").arg(&config).stdout(Stdio::null()).stderr(log);
+    let mut herald = Proc::spawn("herald", &mut command, Some(&bench.pid_file))?;
+    if let Err(e) = procs::wait_ready(&mut herald, addr, "/health", Duration::from_secs(30)) {
+        return Err(format!("{e}\n{}", tail(&log_path)));
+    }
+
+    let tag = format!("{}{}", kind.name(), std::process::id());
+    let body = match kind {
+        Kind::Duplicates => Body::Cycle(DUPLICATE_SET),
+        Kind::BadgeOnly => Body::Badge,
+        _ => Body::Unique,
+    };
+    let mut problems = Vec::new();
+    // Warm-up: connection pools, allocator, page cache. For duplicates it also delivers the set
+    // of events once, so that every measured request is a dedup hit.
+    let warmup = match kind {
+        Kind::Duplicates => options.warmup.max(Duration::from_secs(1)),
+        _ => options.warmup,
+    };
+    if !warmup.is_zero() {
+        let pushes = bench.upstream.pushes()?;
+        let warm_tag = format!("{tag}w");
+        // Duplicates prime the very events the measured run repeats.
+        let warm_tag = if kind == Kind::Duplicates { &tag } else { &warm_tag };
+        let load = bench.load(addr, body, warm_tag, warmup);
+        let warm = bench.wrk(&load, &format!("{}.warmup.txt", kind.name()))?;
+        if kind == Kind::Duplicates {
+            let delivered = bench.upstream.pushes()? - pushes;
+            if warm.requests < u64::from(DUPLICATE_SET) || delivered != u64::from(DUPLICATE_SET) {
+                problems.push(format!(
+                    "priming: {} requests over {DUPLICATE_SET} events reached the push service \
+                     {delivered} times (expected exactly {DUPLICATE_SET})",
+                    warm.requests
+                ));
+            }
+        }
+    }
+
+    // Requests wrk left in flight finish first, so that the counters below are the run's alone.
+    wait_idle(addr);
+    let metrics_before = herald_outcomes(addr);
+    let pushes_before = bench.upstream.pushes()?;
+    let load = bench.load(addr, body, &tag, options.duration);
+    let profile = options.perf.then_some(kind.name());
+    let m = measure(bench, herald.pid(), &load, &format!("{}.wrk.txt", kind.name()), profile)?;
+    let measured = m.measured;
+    wait_idle(addr);
+    let upstream_pushes = bench.upstream.pushes()? - pushes_before;
+    let metrics_after = herald_outcomes(addr);
+    let rss_hwm = procs::status_kb(herald.pid(), "VmHWM").unwrap_or(0);
+
+    let mut herald_outcomes = BTreeMap::new();
+    match (metrics_before, metrics_after) {
+        (Some(before), Some(after)) => {
+            for (outcome, n) in after {
+                let delta = n - before.get(&outcome).copied().unwrap_or(0);
+                if delta > 0 {
+                    herald_outcomes.insert(outcome, delta);
+                }
+            }
+            check(kind, &herald_outcomes, upstream_pushes, &measured, &mut problems);
+        }
+        _ => eprintln!("bench:   herald_notifications_total not found in /metrics; check skipped"),
+    }
+    if !herald.is_running() {
+        problems.push(format!("herald exited during the run\n{}", tail(&log_path)));
+    }
+    herald.stop(Duration::from_secs(10));
+    if kind == Kind::UniqueFilled {
+        // Hundreds of megabytes nobody will look at; the logs stay.
+        let _ = std::fs::remove_dir_all(&data);
+    }
+    let label = match kind {
+        Kind::Unique => "unique events".to_owned(),
+        Kind::Duplicates => format!("duplicates ({DUPLICATE_SET} events)"),
+        Kind::BadgeOnly => "badge-only".to_owned(),
+        _ => format!("unique, {} rows", report::rows_label(options.rows)),
+    };
+    Ok(Outcome {
+        kind,
+        label,
+        measured,
+        rss_peak: m.rss_peak,
+        rss_hwm,
+        usage: m.usage,
+        upstream_usage: m.upstream_usage,
+        wall: m.wall,
+        load_cpu: m.load_cpu,
+        other_cpu: m.other_cpu,
+        upstream_pushes,
+        herald_outcomes,
+        problems,
+        fill,
+        profiled: options.perf,
+    })
+}
+
+/// What the device outcomes and the push service's count must be for each scenario.
+fn check(
+    kind: Kind,
+    outcomes: &BTreeMap<String, u64>,
+    pushes: u64,
+    measured: &Measured,
+    problems: &mut Vec<String>,
+) {
+    let expected = if kind == Kind::Duplicates { "deduplicated" } else { "delivered" };
+    for (outcome, n) in outcomes {
+        if outcome != expected {
+            problems.push(format!("{n} device outcomes `{outcome}` (expected only `{expected}`)"));
+        }
+    }
+    let counted = outcomes.get(expected).copied().unwrap_or(0);
+    // wrk does not count the requests still in flight when it stops.
+    if counted < measured.requests {
+        problems.push(format!(
+            "herald counted {counted} `{expected}` for {} requests",
+            measured.requests
+        ));
+    }
+    let expected_pushes = if kind == Kind::Duplicates { 0 } else { counted };
+    if pushes != expected_pushes {
+        problems
+            .push(format!("the push service received {pushes} pushes; expected {expected_pushes}"));
+    }
+}
+
+fn herald_config(data: &Path, vapid: &Path, addr: SocketAddr) -> String {
+    format!(
+        r#"# Written by `cargo xtask bench`.
+data_dir = '{data}'
+
+[server]
+listen = "{addr}"
+
+[log]
+level = "warn"
+
+[apps."{app}"]
+kind = "webpush"
+vapid_private_key = '{vapid}'
+create_vapid_key_if_missing = true
+vapid_subject = "mailto:bench@example.org"
+allowed_endpoints = ["127.0.0.1:*"]
+"#,
+        data = data.display(),
+        vapid = vapid.display(),
+        app = wrk::APP_ID,
+    )
+}
+
+fn prefill(bench: &Bench, db: &Path) -> Result<(u64, f64), String> {
+    let rows = bench.options.rows;
+    eprintln!("bench:   pre-filling the dedup table with {rows} rows …");
+    let mut command = Command::new(bench.examples.join("bench_fill"));
+    command.arg("--db").arg(db).args(["--rows", &rows.to_string()]).stdout(Stdio::piped());
+    let mut proc = Proc::spawn("bench_fill", &mut command, Some(&bench.pid_file))?;
+    // About 100k rows/s at worst; bounded all the same.
+    let line = proc.first_line(Duration::from_secs(120 + rows / 20_000))?;
+    let status = proc.wait(Duration::from_secs(30))?;
+    if !status.success() {
+        return Err(format!("bench_fill failed ({status})"));
+    }
+    let v: Value =
+        serde_json::from_str(&line).map_err(|e| format!("bench_fill said {line}: {e}"))?;
+    let seconds = v["seconds"].as_f64().unwrap_or(0.0);
+    eprintln!("bench:   filled {rows} rows in {seconds:.1} s");
+    Ok((rows, seconds))
+}
+
+/// `herald_notifications_total` summed over apps, by outcome; `None` when /metrics lacks it.
+fn herald_outcomes(addr: SocketAddr) -> Option<BTreeMap<String, u64>> {
+    let (status, text) = procs::http_get(addr, "/metrics").ok()?;
+    if status != 200 {
+        return None;
+    }
+    let mut outcomes = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("herald_notifications_total{")) {
+        let outcome = line.split("outcome=\"").nth(1).and_then(|r| r.split('"').next())?;
+        let n: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        *outcomes.entry(outcome.to_owned()).or_insert(0) += n as u64;
+    }
+    (!outcomes.is_empty()).then_some(outcomes)
+}
+
+/// Waits (at most 3 s) until herald has no request in flight, so its counters are final.
+fn wait_idle(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let in_flight = procs::http_get(addr, "/metrics").ok().and_then(|(_, text)| {
+            text.lines()
+                .find(|l| l.starts_with("herald_in_flight_requests "))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        });
+        // The scrape itself is not a notify request; absent gauge: give it a moment and go on.
+        match in_flight {
+            Some(n) if n <= 0.0 => return,
+            None => {
+                std::thread::sleep(Duration::from_millis(300));
+                return;
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// The last lines of a log file, for error messages.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(20);
+    format!("--- {} (last lines) ---\n{}", path.display(), lines[start..].join("\n"))
+}
+
+/// A `perf record` of herald during the measured run.
+struct Profiler {
+    proc: Proc,
+    data: PathBuf,
+    name: String,
+}
+
+fn start_perf(bench: &Bench, pid: u32, duration: Duration, name: &str) -> Option<Profiler> {
+    let data = bench.bench_dir.join(format!("perf-{name}.data"));
+    let mut command = Command::new("perf");
+    // cpu-clock: works in VMs without hardware counters. DWARF call graphs: the release profile
+    // keeps line tables but no frame pointers.
+    command
+        .args(["record", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384", "-p"])
+        .arg(pid.to_string())
+        .arg("-o")
+        .arg(&data)
+        .args(["--", "sleep"])
+        .arg(duration.as_secs().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    match Proc::spawn("perf", &mut command, None) {
+        Ok(proc) => Some(Profiler { proc, data, name: name.to_owned() }),
+        Err(e) => {
+            eprintln!("bench:   --perf: {e} (install perf: Debian `linux-perf`)");
+            None
+        }
+    }
+}
+
+fn finish_perf(profiler: Profiler) {
+    if let Err(e) = profiler.proc.wait(Duration::from_secs(60)) {
+        eprintln!("bench:   perf: {e}");
+        return;
+    }
+    // Self time by function, then inclusive time (what each call tree costs).
+    let views: [(&str, &[&str]); 2] = [
+        ("self", &["--no-children", "--sort", "dso,symbol", "--percent-limit", "0.3"]),
+        ("children", &["--children", "--sort", "symbol", "--percent-limit", "1"]),
+    ];
+    for (view, args) in views {
+        let path = profiler.data.with_file_name(format!("perf-{}.{view}.txt", profiler.name));
+        let output = Command::new("perf")
+            .args(["report", "--stdio", "-g", "none"])
+            .args(args)
+            .arg("-i")
+            .arg(&profiler.data)
+            .stderr(Stdio::null())
+            .output();
+        match output {
+            Ok(out) if out.status.success() => {
+                // perf pads every line to its longest symbol; generic Rust names are very long.
+                let text: String = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                    .map(|l| format!("{}\n", l.chars().take(200).collect::<String>().trim_end()))
+                    .collect();
+                let _ = std::fs::write(&path, text);
+                eprintln!("bench:   profile: {}", path.display());
+            }
+            _ => eprintln!("bench:   perf report failed; raw profile: {}", profiler.data.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options() {
+        let args = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        let o = parse_options(&args("--quick")).unwrap();
+        assert_eq!((o.duration.as_secs(), o.rows), (2, 200_000));
+        let o = parse_options(&args("--quick --duration 5 --only unique,badge_only")).unwrap();
+        assert_eq!(o.duration.as_secs(), 5);
+        assert_eq!(o.only, Some(vec![Kind::Unique, Kind::BadgeOnly]));
+        assert!(parse_options(&args("--only nope")).is_err());
+        assert!(parse_options(&args("--rows")).is_err());
+    }
 }

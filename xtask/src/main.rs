@@ -30,10 +30,8 @@ fn main() -> ExitCode {
 pub(crate) fn cargo(args: &[&str]) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("xtask: cargo {}", args.join(" "));
-    let status = Command::new(cargo)
-        .args(args)
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let status =
+        Command::new(cargo).args(args).status().map_err(|e| format!("cannot run cargo: {e}"))?;
     if status.success() {
         Ok(())
     } else {

@@ -26,6 +26,7 @@ pub fn message_to(event_id: &str, devices: &[(&str, &str)]) -> Value {
 
 /// The spec's example notification, sent to the given device objects.
 pub fn message_with_devices(event_id: &str, devices: Vec<Value>) -> Value {
+    let devices = Value::Array(devices);
     json!({
         "notification": {
             "event_id": event_id,
