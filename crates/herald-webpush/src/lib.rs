@@ -8,12 +8,14 @@
 //! - [`config`]: the app's configuration section.
 //! - `backend`: [`WebPushBackend`], one notification → one push-service request → an outcome.
 //! - `subscription`: reading a device's pushkey and pusher data.
+//! - `aes128gcm`: RFC 8291 encryption of one message.
 //! - `payload`: the JSON payload, shrunk to fit the push services' 4096-byte limit.
 //! - `vapid`: the VAPID key, and JWTs signed once per push-service origin.
 //! - `guard`: the SSRF guard, in the URL pre-check and in the connector itself.
 //!
 //! `docs/backends/webpush.md` explains setup for operators and web clients.
 
+mod aes128gcm;
 mod backend;
 pub mod config;
 mod guard;

@@ -13,12 +13,9 @@ use sha2::{Digest, Sha256};
 
 use crate::subscription::Subscription;
 
-/// aes128gcm as the `ece` crate writes it: a header of salt (16), record size (4), key id length
-/// (1) and key id (the 65-byte ephemeral key), then a single record ending in a 16-byte tag.
-const ECE_HEADER: usize = 16 + 4 + 1 + 65;
-const ECE_TAG: usize = 16;
-/// `ece` pads the plaintext plus its 1-byte delimiter up to a multiple of this.
-const ECE_PAD_BLOCK: usize = 128;
+use crate::aes128gcm::{
+    self, HEADER_LEN as ECE_HEADER, PAD_BLOCK as ECE_PAD_BLOCK, TAG_LEN as ECE_TAG,
+};
 
 /// Appended to a shortened message so that readers see it was cut.
 const ELLIPSIS: char = '…';
@@ -86,14 +83,13 @@ pub(crate) fn encrypt_to_fit(
 ) -> Result<(Vec<u8>, Shrink), String> {
     let mut limit = max_plaintext(max_body);
     let mut shrunk = Shrink::None;
-    // One pass in practice: the loop only matters if `ece` ever changes its overhead.
+    // One pass in practice: the loop only guards against a mistake in the overhead arithmetic.
     for _ in 0..3 {
         let (plaintext, shrink) = fit(payload, limit);
         if shrink != Shrink::None {
             shrunk = shrink;
         }
-        let body = ece::encrypt(&sub.p256dh, &sub.auth, &plaintext)
-            .map_err(|e| format!("encryption failed: {e}"))?;
+        let body = aes128gcm::encrypt(&sub.p256dh, &sub.auth, &plaintext)?;
         if body.len() <= max_body {
             return Ok((body, shrunk));
         }
