@@ -326,9 +326,12 @@ async fn write_batch(
     conn: &mut SqliteConnection,
     records: &[(DedupKey, oneshot::Sender<Result<(), String>>)],
 ) -> Result<(), sqlx::Error> {
-    let mut tx = conn.begin().await?;
-    insert_rows(&mut tx, records.iter().map(|(k, _)| k), unix_now()).await?;
-    tx.commit().await
+    // One multi-row INSERT is atomic on its own: no BEGIN/COMMIT round trips to the connection's
+    // worker thread. Padding to a power of two (repeating the last key, which the upsert absorbs)
+    // keeps the number of distinct statements, and so re-preparations, small.
+    let padded = records.len().next_power_of_two();
+    let keys = (0..padded).map(|i| &records[i.min(records.len() - 1)].0);
+    insert_rows(conn, keys, unix_now()).await
 }
 
 async fn prune_chunk(conn: &mut SqliteConnection, cutoff: i64) -> Result<u64, sqlx::Error> {
