@@ -100,7 +100,7 @@ impl Default for StoreConfig {
             ttl: Duration::from_secs(24 * 3600),
             prune_interval: Duration::from_secs(600),
             max_batch: 512,
-            recent_cache_entries: 16_384,
+            recent_cache_entries: 4096,
         }
     }
 }

@@ -100,7 +100,8 @@ impl SqliteStore {
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
-            .min_connections(0)
+            .min_connections(1)
+            .idle_timeout(None)
             .acquire_timeout(Duration::from_secs(5))
             // Only for occasional queries: a small page cache keeps memory for the hot path.
             .connect_with(connect.clone().pragma("cache_size", "-256"))
@@ -116,8 +117,8 @@ impl SqliteStore {
         let write_conn = connect.clone().pragma("wal_autocheckpoint", "0").connect().await?;
         let write_task =
             tokio::spawn(run_writer(write_conn, write_rx, options.max_batch, options.ttl));
-        let checkpoint_conn = connect.clone().pragma("cache_size", "-256").connect().await?;
-        let checkpoint_task = tokio::spawn(run_checkpointer(checkpoint_conn));
+        // The pool's one connection is otherwise idle: checkpoints need no connection of their own.
+        let checkpoint_task = tokio::spawn(run_checkpointer(pool.clone()));
         Ok(SqliteStore {
             pool,
             reader,
@@ -206,12 +207,12 @@ async fn insert_rows<'k>(
 
 /// Copies the WAL back into the database every second, without blocking the writer or readers
 /// (`PASSIVE`), so the WAL stays small while the writer never pays for checkpoints itself.
-async fn run_checkpointer(mut conn: SqliteConnection) {
+async fn run_checkpointer(pool: SqlitePool) {
     let mut ticker = tokio::time::interval(CHECKPOINT_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut conn).await {
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
             tracing::warn!(error = %e, "dedup store checkpoint failed");
         }
     }
