@@ -134,6 +134,16 @@ pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
+/// Writes a config file for the real binary: listens on `addr`, stores under `dir/data`, and
+/// serves the app tables in `apps`.
+pub fn write_config_file(dir: &Path, addr: SocketAddr, apps: &str) -> std::path::PathBuf {
+    let path = dir.join("herald.toml");
+    let data = dir.join("data");
+    let text = format!("data_dir = \"{}\"\n[server]\nlisten = \"{addr}\"\n{apps}", data.display());
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// The real `herald` binary, serving `config` on `addr`.
 pub struct HeraldProcess {
     child: Child,

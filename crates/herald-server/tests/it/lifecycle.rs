@@ -10,22 +10,16 @@ use herald_testkit::scripted::Step;
 use serde_json::json;
 
 use crate::common::{
-    config, free_addr, get_text, outcome_count, post, HeraldProcess, TestServer, APP,
+    config, free_addr, get_text, outcome_count, post, write_config_file, HeraldProcess, TestServer,
+    APP,
 };
 
 #[tokio::test]
 async fn killed_and_restarted_binary_still_deduplicates() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let config_path = dir.path().join("herald.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "data_dir = \"{}\"\n[server]\nlisten = \"{addr}\"\n[apps.\"org.example.log\"]\nkind = \"log\"\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
+    let config_path =
+        write_config_file(dir.path(), addr, "[apps.\"org.example.log\"]\nkind = \"log\"\n");
     let body = message("$restart", "org.example.log", "k").to_string();
 
     let herald = HeraldProcess::spawn(&config_path, addr).await;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use herald_testkit::fake_push::{Answer, FakePushService, TestSubscription};
 use serde_json::{json, Value};
 
-use crate::common::{config, free_addr, post, HeraldProcess, TestServer};
+use crate::common::{config, free_addr, post, write_config_file, HeraldProcess, TestServer};
 
 const WEB_APP: &str = "org.example.web";
 
@@ -94,16 +94,7 @@ async fn spec_example_through_herald_serve_is_delivered_once() {
     let subscription = fake.subscribe("/browser-1");
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let config_path = dir.path().join("herald.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "data_dir = \"{}\"\n[server]\nlisten = \"{addr}\"\n{}",
-            dir.path().join("data").display(),
-            webpush_app("10s")
-        ),
-    )
-    .unwrap();
+    let config_path = write_config_file(dir.path(), addr, &webpush_app("10s"));
     let herald = HeraldProcess::spawn(&config_path, addr).await;
 
     let body = spec_example("$3957tyerfgewrf384", &subscription).to_string();
