@@ -81,12 +81,13 @@ pub struct DeliveryError {
     class: ErrorClass,
     message: String,
     retry_after: Option<Duration>,
+    reason: Option<&'static str>,
 }
 
 impl DeliveryError {
     /// A failure of the given class.
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        DeliveryError { class, message: message.into(), retry_after: None }
+        DeliveryError { class, message: message.into(), retry_after: None, reason: None }
     }
 
     /// A failure that may succeed on retry.
@@ -108,6 +109,18 @@ impl DeliveryError {
     pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
         self.retry_after = retry_after;
         self
+    }
+
+    /// Attaches a short, stable reason code for metrics (e.g. `vapid_mismatch`): one of a small
+    /// fixed set per backend, never text from the upstream.
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// The reason code, if the backend gave one.
+    pub fn reason(&self) -> Option<&'static str> {
+        self.reason
     }
 
     /// The class.
@@ -136,6 +149,10 @@ pub struct AppContext {
     pub data_dir: PathBuf,
     /// The directory of the configuration file, for resolving relative paths (keys, certs).
     pub config_dir: PathBuf,
+    /// True when the app is built only to check the configuration (`herald check-config`): the
+    /// backend must validate everything but change nothing (create no key files, open no
+    /// connections).
+    pub check_only: bool,
 }
 
 impl AppContext {
@@ -176,14 +193,23 @@ pub trait BackendFactory: Send + Sync + 'static {
     fn build(app: &AppContext, config: Self::Config) -> Result<Arc<dyn Backend>, BuildError>;
 }
 
-/// Parses an HTTP `Retry-After` value: delta-seconds or an HTTP-date (relative to `now`).
+/// The longest `Retry-After` Herald takes from an upstream. Longer values (a push service can send
+/// `18446744073709551615`) are cut to this; the delivery layer then compares the wait with the time
+/// left to the request's deadline.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses an HTTP `Retry-After` value: delta-seconds or an HTTP-date (relative to `now`), at most
+/// [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    let wait = if value.bytes().all(|b| b.is_ascii_digit()) && !value.is_empty() {
+        // Any run of digits is a number of seconds, however long.
+        value.parse::<u64>().map_or(MAX_RETRY_AFTER, Duration::from_secs)
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -199,6 +225,11 @@ mod tests {
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
         assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("18446744073709551615", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("99999999999999999999999999", now), Some(MAX_RETRY_AFTER));
+        let far = httpdate::fmt_http_date(now + Duration::from_secs(10 * 365 * 86400));
+        assert_eq!(parse_retry_after(&far, now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("-5", now), None);
     }
 
     #[test]

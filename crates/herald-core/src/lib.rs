@@ -1,6 +1,7 @@
 //! The heart of Herald, shared by the server and every backend crate.
 //!
 //! - [`model`]: the notify request as homeservers really send it, parsed leniently.
+//! - [`raw`]: [`RawObject`], the raw-JSON objects that hold `content` and pusher `data`.
 //! - [`backend`]: the small [`Backend`] trait every upstream implements, and the outcome classes
 //!   (delivered / token dead / transient / credentials refused / message refused).
 //! - [`routing`]: mapping a device's `app_id` to the configured app, exact names first, then globs.
@@ -12,6 +13,7 @@ pub mod backend;
 pub mod config;
 pub mod log_backend;
 pub mod model;
+pub mod raw;
 pub mod redact;
 pub mod routing;
 
@@ -20,4 +22,5 @@ pub use backend::{
     Outcome,
 };
 pub use model::{Counts, Device, Notification, NotifyRequest, ParseError, Priority};
+pub use raw::RawObject;
 pub use routing::{AppRouter, RoutingError};

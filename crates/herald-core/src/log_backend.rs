@@ -48,7 +48,10 @@ impl Backend for LogBackend {
         device: &Device,
     ) -> Result<Outcome, DeliveryError> {
         let content = if self.include_content {
-            notification.content.as_ref().map(|c| serde_json::Value::Object(c.clone()))
+            notification
+                .content
+                .as_ref()
+                .map(|c| String::from_utf8_lossy(&c.to_json()).into_owned())
         } else {
             None
         };
