@@ -6,6 +6,12 @@
 //! bytes; it then decrypts the body with the test subscription's private key and records the
 //! plaintext and headers. Answers are scriptable per path (201 by default); failed checks answer
 //! 400/401/403/413 and record why.
+//!
+//! It serves plain HTTP/1.1 ([`FakePushService::start`]) or HTTPS with a certificate from a
+//! [`TestCa`] and HTTP/2 and/or HTTP/1.1 chosen by ALPN ([`FakePushService::start_https`]), and
+//! records which HTTP version each request came over. A subscription can be restricted to one
+//! VAPID key and then answers other keys the way FCM or Mozilla autopush do
+//! ([`MismatchStyle`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -20,8 +26,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
-use hyper::{HeaderMap, Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use openssl::bn::{BigNum, BigNumContext};
 use openssl::ec::{EcGroup, EcKey, EcPoint};
 use openssl::ecdsa::EcdsaSig;
@@ -30,6 +36,9 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::tls::{TestCa, ALPN_H2, ALPN_HTTP1};
 
 /// The largest body a push service must accept, and the one this fake accepts.
 pub const MAX_BODY: usize = 4096;
@@ -38,8 +47,36 @@ pub const MAX_BODY: usize = 4096;
 #[derive(Debug)]
 pub struct FakePushService {
     addr: SocketAddr,
+    https: bool,
     state: Arc<State>,
 }
+
+/// The HTTP versions an HTTPS fake offers by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocols {
+    /// `h2` and `http/1.1` (as real push services do): clients that offer h2 get it.
+    Both,
+    /// `http/1.1` only.
+    Http1Only,
+    /// `h2` only.
+    Http2Only,
+}
+
+/// How a subscription restricted to one VAPID key answers a request signed with another key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MismatchStyle {
+    /// `403` with an empty body.
+    Bare,
+    /// FCM (Chrome): `403`, `text/plain`, "the VAPID credentials in the authorization header do
+    /// not correspond to the credentials used to create the subscriptions."
+    Fcm,
+    /// Mozilla autopush (Firefox): `401`, JSON with `"errno": 109`.
+    Autopush,
+}
+
+/// FCM's answer text for a VAPID key mismatch (followed by the endpoint in the real service).
+pub const FCM_MISMATCH_TEXT: &str = "the VAPID credentials in the authorization header do not \
+     correspond to the credentials used to create the subscriptions.";
 
 /// How the fake answers one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +85,8 @@ pub enum Answer {
     Status(u16),
     /// Answer with this status and a `Retry-After` header with this value.
     StatusRetryAfter(u16, String),
+    /// Answer with this status, `Content-Type` and body.
+    WithBody(u16, &'static str, String),
     /// Never answer (the connection stays open until the client gives up).
     Hang,
     /// Drop the connection without answering.
@@ -108,6 +147,10 @@ pub struct ReceivedPush {
     pub rejection: Option<String>,
     /// The status answered; `None` for [`Answer::Hang`] and [`Answer::Reset`].
     pub status: Option<u16>,
+    /// The HTTP version the request came over (`HTTP/2.0` when ALPN chose h2).
+    pub version: Version,
+    /// When the request (head and body) had arrived.
+    pub at: std::time::Instant,
 }
 
 impl ReceivedPush {
@@ -140,7 +183,10 @@ struct State {
     scripts: Mutex<HashMap<String, VecDeque<Answer>>>,
     received: Mutex<Vec<ReceivedPush>>,
     connections: AtomicUsize,
+    open: AtomicUsize,
+    max_open: AtomicUsize,
     tasks: Mutex<Vec<AbortHandle>>,
+    scheme: &'static str,
 }
 
 #[derive(Debug, Clone)]
@@ -148,8 +194,9 @@ struct Keys {
     private_key: Vec<u8>,
     public_key: Vec<u8>,
     auth: Vec<u8>,
-    /// For subscriptions restricted to one VAPID key (RFC 8292 §4.3).
-    application_server_key: Option<String>,
+    /// For subscriptions restricted to one VAPID key (RFC 8292 §4.3), and how other keys are
+    /// answered.
+    application_server_key: Option<(String, MismatchStyle)>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -157,28 +204,48 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl FakePushService {
-    /// Starts the fake on `127.0.0.1` and a free port.
+    /// Starts the fake on `127.0.0.1` and a free port, speaking plain HTTP/1.1.
     pub async fn start() -> Self {
         Self::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .await
             .expect("bind the fake push service on 127.0.0.1")
     }
 
-    /// Starts the fake on `addr` (e.g. `[::1]:0`).
+    /// Starts the fake on `addr` (e.g. `[::1]:0`), speaking plain HTTP/1.1.
     pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::bind(addr, None).await
+    }
+
+    /// Starts the fake on `127.0.0.1` and a free port, speaking HTTPS with a certificate from
+    /// `ca` (for `localhost`, `127.0.0.1` and `::1`) and offering `protocols` by ALPN.
+    pub async fn start_https(ca: &TestCa, protocols: Protocols) -> Self {
+        let alpn: &[&[u8]] = match protocols {
+            Protocols::Both => &[ALPN_H2, ALPN_HTTP1],
+            Protocols::Http1Only => &[ALPN_HTTP1],
+            Protocols::Http2Only => &[ALPN_H2],
+        };
+        let acceptor = TlsAcceptor::from(ca.server_config(alpn));
+        Self::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), Some(acceptor))
+            .await
+            .expect("bind the fake push service on 127.0.0.1")
+    }
+
+    async fn bind(addr: SocketAddr, tls: Option<TlsAcceptor>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(State::default());
+        let https = tls.is_some();
+        let state =
+            Arc::new(State { scheme: if https { "https" } else { "http" }, ..State::default() });
         let accept_state = Arc::clone(&state);
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 accept_state.connections.fetch_add(1, Ordering::SeqCst);
-                let task = tokio::spawn(serve(Arc::clone(&accept_state), stream));
+                let task = tokio::spawn(serve(Arc::clone(&accept_state), stream, tls.clone()));
                 lock(&accept_state.tasks).push(task.abort_handle());
             }
         });
         lock(&state.tasks).push(accept.abort_handle());
-        Ok(FakePushService { addr, state })
+        Ok(FakePushService { addr, https, state })
     }
 
     /// The address the fake listens on.
@@ -186,9 +253,10 @@ impl FakePushService {
         self.addr
     }
 
-    /// `http://host:port`, the fake's origin.
+    /// `http://host:port` or `https://host:port`, the fake's origin.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Subscribes a new browser at `path` (e.g. `"/push/alice"`): a fresh P-256 key pair and
@@ -198,19 +266,30 @@ impl FakePushService {
     }
 
     /// Like [`subscribe`](Self::subscribe), but the subscription only accepts requests signed
-    /// with this VAPID public key (base64url); others get 403.
+    /// with this VAPID public key (base64url); others get a bare 403.
     pub fn subscribe_restricted(
         &self,
         path: &str,
         application_server_key: &str,
     ) -> TestSubscription {
-        self.subscribe_inner(path, Some(application_server_key.to_owned()))
+        self.subscribe_restricted_as(path, application_server_key, MismatchStyle::Bare)
+    }
+
+    /// Like [`subscribe_restricted`](Self::subscribe_restricted), answering other keys as
+    /// `style` says.
+    pub fn subscribe_restricted_as(
+        &self,
+        path: &str,
+        application_server_key: &str,
+        style: MismatchStyle,
+    ) -> TestSubscription {
+        self.subscribe_inner(path, Some((application_server_key.to_owned(), style)))
     }
 
     fn subscribe_inner(
         &self,
         path: &str,
-        application_server_key: Option<String>,
+        application_server_key: Option<(String, MismatchStyle)>,
     ) -> TestSubscription {
         assert!(path.starts_with('/'), "paths start with /");
         let (key, auth) = ece::generate_keypair_and_auth_secret().expect("generate P-256 keys");
@@ -251,6 +330,11 @@ impl FakePushService {
     pub fn connections_accepted(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
     }
+
+    /// The most connections that were open at the same time.
+    pub fn max_open_connections(&self) -> usize {
+        self.state.max_open.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for FakePushService {
@@ -261,18 +345,61 @@ impl Drop for FakePushService {
     }
 }
 
-async fn serve(state: Arc<State>, stream: TcpStream) {
+/// Counts a connection as open while it lives.
+struct OpenGuard(Arc<State>);
+
+impl OpenGuard {
+    fn new(state: &Arc<State>) -> Self {
+        let open = state.open.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_open.fetch_max(open, Ordering::SeqCst);
+        OpenGuard(Arc::clone(state))
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn serve(state: Arc<State>, stream: TcpStream, tls: Option<TlsAcceptor>) {
+    let _open = OpenGuard::new(&state);
     let kill = Arc::new(Notify::new());
     let service_kill = Arc::clone(&kill);
     let service = hyper::service::service_fn(move |request| {
         handle(Arc::clone(&state), request, Arc::clone(&service_kill))
     });
-    let connection =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
     // `Answer::Reset` drops the connection (and so closes the socket) mid-request.
-    tokio::select! {
-        _ = connection => {}
-        () = kill.notified() => {}
+    match tls {
+        None => {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                () = kill.notified() => {}
+            }
+        }
+        Some(acceptor) => {
+            // A failed handshake (e.g. a client that does not trust the CA) just ends here.
+            let Ok(stream) = acceptor.accept(stream).await else { return };
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+            let io = TokioIo::new(stream);
+            if h2 {
+                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service);
+                tokio::select! {
+                    _ = connection => {}
+                    () = kill.notified() => {}
+                }
+            } else {
+                let connection =
+                    hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+                tokio::select! {
+                    _ = connection => {}
+                    () = kill.notified() => {}
+                }
+            }
+        }
     }
 }
 
@@ -294,25 +421,34 @@ async fn handle(
         vapid: None,
         rejection: None,
         status: None,
+        version: parts.version,
+        at: std::time::Instant::now(),
     };
-    let answer = match check(&state, &parts.method, &parts.headers, &path, &body, &mut record) {
-        Err((status, reason)) => {
-            record.rejection = Some(reason);
-            Answer::Status(status)
-        }
-        Ok(()) => lock(&state.scripts)
-            .get_mut(&path)
-            .and_then(VecDeque::pop_front)
-            .unwrap_or(Answer::CREATED),
+    // HTTP/2 carries the host in the `:authority` pseudo-header, which hyper puts in the URI.
+    let host = match parts.headers.get(hyper::header::HOST).and_then(|v| v.to_str().ok()) {
+        Some(host) => host.to_owned(),
+        None => parts.uri.authority().map(|a| a.to_string()).unwrap_or_default(),
     };
+    let answer =
+        match check(&state, &parts.method, &parts.headers, &path, &body, &mut record, &host) {
+            Err(Refusal { status, reason, answer }) => {
+                record.rejection = Some(reason);
+                answer.unwrap_or(Answer::Status(status))
+            }
+            Ok(()) => lock(&state.scripts)
+                .get_mut(&path)
+                .and_then(VecDeque::pop_front)
+                .unwrap_or(Answer::CREATED),
+        };
     record.status = match &answer {
-        Answer::Status(s) | Answer::StatusRetryAfter(s, _) => Some(*s),
+        Answer::Status(s) | Answer::StatusRetryAfter(s, _) | Answer::WithBody(s, _, _) => Some(*s),
         Answer::Hang | Answer::Reset => None,
     };
     lock(&state.received).push(record);
-    let (status, retry_after) = match answer {
-        Answer::Status(s) => (s, None),
-        Answer::StatusRetryAfter(s, value) => (s, Some(value)),
+    let (status, retry_after, body) = match answer {
+        Answer::Status(s) => (s, None, None),
+        Answer::StatusRetryAfter(s, value) => (s, Some(value), None),
+        Answer::WithBody(s, content_type, body) => (s, None, Some((content_type, body))),
         Answer::Hang => std::future::pending().await,
         Answer::Reset => {
             kill.notify_one();
@@ -320,6 +456,12 @@ async fn handle(
         }
     };
     let mut response = Response::new(Full::new(Bytes::new()));
+    if let Some((content_type, body)) = body {
+        *response.body_mut() = Full::new(Bytes::from(body));
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if let Some(value) = retry_after.and_then(|v| HeaderValue::try_from(v).ok()) {
@@ -328,7 +470,20 @@ async fn handle(
     Ok(response)
 }
 
-/// The checks of a real push service, in its order; `Err` is the status to answer and why.
+/// A failed check: the status to answer, why, and the whole answer when it is not a bare status.
+struct Refusal {
+    status: u16,
+    reason: String,
+    answer: Option<Answer>,
+}
+
+impl From<(u16, String)> for Refusal {
+    fn from((status, reason): (u16, String)) -> Self {
+        Refusal { status, reason, answer: None }
+    }
+}
+
+/// The checks of a real push service, in its order; `Err` says what to answer and why.
 fn check(
     state: &State,
     method: &Method,
@@ -336,14 +491,15 @@ fn check(
     path: &str,
     body: &[u8],
     record: &mut ReceivedPush,
-) -> Result<(), (u16, String)> {
+    host: &str,
+) -> Result<(), Refusal> {
     if method != Method::POST {
-        return Err((405, format!("method {method} is not POST")));
+        return Err((405, format!("method {method} is not POST")).into());
     }
     let keys = lock(&state.subscriptions)
         .get(path)
         .cloned()
-        .ok_or_else(|| (404, format!("no subscription at {path}")))?;
+        .ok_or_else(|| Refusal::from((404, format!("no subscription at {path}"))))?;
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
 
     let authorization = text("authorization").ok_or((401, "no Authorization".to_owned()))?;
@@ -359,29 +515,56 @@ fn check(
         claims: claims.clone(),
     };
     record.vapid = Some(vapid.clone());
-    let origin = format!("http://{}", text("host").unwrap_or(""));
+    let origin = format!("{}://{host}", state.scheme);
     if vapid.aud != origin {
-        return Err((401, format!("aud {:?} is not this origin {origin:?}", vapid.aud)));
+        return Err((401, format!("aud {:?} is not this origin {origin:?}", vapid.aud)).into());
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
     if vapid.exp <= now || vapid.exp > now + 24 * 3600 {
-        return Err((401, format!("exp {} not within 24h from now ({now})", vapid.exp)));
+        return Err((401, format!("exp {} not within 24h from now ({now})", vapid.exp)).into());
     }
     if vapid.sub.is_empty() {
-        return Err((401, "no sub claim".to_owned()));
+        return Err((401, "no sub claim".to_owned()).into());
     }
-    if keys.application_server_key.as_ref().is_some_and(|k| *k != vapid.key) {
-        return Err((403, "VAPID key is not the one the subscription was made with".to_owned()));
+    if let Some((expected, style)) = &keys.application_server_key {
+        if *expected != vapid.key {
+            let reason = "VAPID key is not the one the subscription was made with".to_owned();
+            let answer = match style {
+                MismatchStyle::Bare => Answer::Status(403),
+                // The real FCM appends the endpoint to the text, so a client that logs the
+                // body leaks it: the backend must not.
+                MismatchStyle::Fcm => Answer::WithBody(
+                    403,
+                    "text/plain; charset=utf-8",
+                    format!("{FCM_MISMATCH_TEXT}\n{}{path}\n", state.scheme),
+                ),
+                MismatchStyle::Autopush => Answer::WithBody(
+                    401,
+                    "application/json",
+                    serde_json::json!({
+                        "code": 401, "errno": 109, "error": "Unauthorized",
+                        "message": "VAPID public key mismatch",
+                        "more_info": format!("http://autopush.example{path}")
+                    })
+                    .to_string(),
+                ),
+            };
+            let status = match style {
+                MismatchStyle::Autopush => 401,
+                _ => 403,
+            };
+            return Err(Refusal { status, reason, answer: Some(answer) });
+        }
     }
 
     if text("content-encoding") != Some("aes128gcm") {
-        return Err((400, "Content-Encoding is not aes128gcm".to_owned()));
+        return Err((400, "Content-Encoding is not aes128gcm".to_owned()).into());
     }
     if text("ttl").and_then(|t| t.trim().parse::<u64>().ok()).is_none() {
-        return Err((400, "no valid TTL".to_owned()));
+        return Err((400, "no valid TTL".to_owned()).into());
     }
     if body.len() > MAX_BODY {
-        return Err((413, format!("body of {} bytes is over {MAX_BODY}", body.len())));
+        return Err((413, format!("body of {} bytes is over {MAX_BODY}", body.len())).into());
     }
     let components = ece::EcKeyComponents::new(keys.private_key, keys.public_key);
     let plaintext = ece::decrypt(&components, &keys.auth, body)

@@ -5,7 +5,11 @@
 //! - [`fake_push`]: a WebPush push service on a real socket that verifies VAPID, decrypts
 //!   aes128gcm bodies and answers as scripted.
 //! - [`notify`]: builders for notify request bodies as real homeservers send them.
+//! - [`proxy`]: an HTTP `CONNECT` proxy, for testing outbound proxy support.
+//! - [`tls`]: a test certificate authority generated per run, for fakes that serve HTTPS.
 
 pub mod fake_push;
 pub mod notify;
+pub mod proxy;
 pub mod scripted;
+pub mod tls;

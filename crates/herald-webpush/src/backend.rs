@@ -1,14 +1,20 @@
 //! [`WebPushBackend`]: one notification for one browser → one push-service request → an outcome.
 //!
 //! The backend owns one pooled HTTP client (hyper, rustls, the SSRF-guarded connector) and the
-//! VAPID JWT cache; it makes exactly one attempt per call and never sleeps, because retries and
-//! deadlines belong to the server's delivery layer.
+//! per-origin state (request and connection caps, the VAPID JWT); it makes exactly one attempt per
+//! call and never sleeps, because retries and deadlines belong to the server's delivery layer.
+//!
+//! Nothing a push service answers is logged or put into an error as text: answer bodies echo
+//! endpoint paths and tokens. Errors carry the origin, the status and a reason parsed from the
+//! body (autopush's `errno`), never the path or the body.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use herald_core::config::SecretSource;
 use herald_core::redact::PushkeyHash;
 use herald_core::{
     parse_retry_after, AppContext, Backend, BackendFactory, BuildError, DeliveryError, Device,
@@ -24,7 +30,8 @@ use openssl::ec::EcGroup;
 use openssl::nid::Nid;
 
 use crate::config::WebPushConfig;
-use crate::guard::{EndpointPolicy, GuardedConnector, Refused};
+use crate::guard::{AddressRefused, EndpointPolicy, GuardedConnector, Refused};
+use crate::origins::{Jwt, Origins};
 use crate::payload::{self, Shrink};
 use crate::subscription::Subscription;
 use crate::vapid::{self, Vapid};
@@ -36,6 +43,9 @@ const TOPIC: HeaderName = HeaderName::from_static("topic");
 const MAX_ANSWER_BYTES: usize = 16 * 1024;
 /// Idle pooled connections are closed after this; push services close theirs after about a minute.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// A 401/403 from an origin that accepted the same JWT this recently is the subscription's fault
+/// (made with another applicationServerKey), not ours.
+const RECENT_SUCCESS: Duration = Duration::from_secs(10 * 60);
 
 type HttpClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
 
@@ -44,10 +54,14 @@ pub struct WebPushBackend {
     app_id: String,
     client: HttpClient,
     policy: Arc<EndpointPolicy>,
+    origins: Arc<Origins>,
     vapid: Vapid,
+    /// `herald check-config` with a key that `serve` would create: the key is a throwaway.
+    key_pending: bool,
     p256: EcGroup,
     ttl: HeaderValue,
     high_urgency: HeaderValue,
+    badge_urgency: HeaderValue,
     request_timeout: Duration,
     max_body: usize,
 }
@@ -67,12 +81,20 @@ impl BackendFactory for WebPushBackend {
 
     fn build(app: &AppContext, config: WebPushConfig) -> Result<Arc<dyn Backend>, BuildError> {
         let backend = WebPushBackend::new(app, config)?;
-        tracing::info!(
-            backend = "webpush",
-            app = %app.app_id,
-            vapid_public_key = %backend.vapid_public_key(),
-            "webpush app ready; web clients subscribe with this applicationServerKey"
-        );
+        if backend.key_pending {
+            tracing::info!(
+                backend = "webpush",
+                app = %app.app_id,
+                "webpush app checked; its VAPID key will be created when `herald serve` starts"
+            );
+        } else {
+            tracing::info!(
+                backend = "webpush",
+                app = %app.app_id,
+                vapid_public_key = %backend.vapid_public_key(),
+                "webpush app ready; web clients subscribe with this applicationServerKey"
+            );
+        }
         Ok(Arc::new(backend))
     }
 }
@@ -80,26 +102,30 @@ impl BackendFactory for WebPushBackend {
 impl WebPushBackend {
     /// Builds the backend: loads (or, when configured, creates) the VAPID key and sets up the
     /// connection pool. Does not log the public key; [`BackendFactory::build`] does.
+    ///
+    /// With [`AppContext::check_only`] nothing is created: a missing key that
+    /// `create_vapid_key_if_missing` would create is only checked to be creatable.
     pub fn new(app: &AppContext, config: WebPushConfig) -> Result<Self, BuildError> {
         config.validate()?;
-        let key_path = app.resolve_path(&config.vapid_private_key);
-        if config.create_vapid_key_if_missing && !key_path.exists() {
-            let public_key = vapid::generate_vapid_key(&key_path)?;
-            tracing::info!(
-                app = %app.app_id,
-                path = %key_path.display(),
-                vapid_public_key = %public_key,
-                "created a new VAPID private key"
-            );
-        }
-        vapid::warn_if_readable_by_others(&key_path);
-        let vapid = Vapid::load(&key_path, config.vapid_subject)?;
+        let (vapid, key_pending) = load_vapid(
+            app,
+            &config.vapid_private_key,
+            config.create_vapid_key_if_missing,
+            config.vapid_subject,
+        )?;
 
         let policy = Arc::new(EndpointPolicy::new(&config.allowed_endpoints)?);
-        let connector = GuardedConnector::new(Arc::clone(&policy), config.connect_timeout);
+        let origins = Arc::new(Origins::new(config.max_connections_per_host));
+        let connector = GuardedConnector::new(
+            Arc::clone(&policy),
+            Arc::clone(&origins),
+            config.connect_timeout,
+        );
+        let ca_file = config.ca_file.as_deref().map(|p| app.resolve_path(p));
+        let tls = crate::tls::client_config(ca_file.as_deref())
+            .map_err(|e| BuildError::new(format!("webpush: {e}")))?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| BuildError::new(format!("webpush: TLS setup failed: {e}")))?
+            .with_tls_config(tls)
             // Plain http only ever reaches allow-listed endpoints: the policy checks first.
             .https_or_http()
             .enable_http1()
@@ -117,10 +143,13 @@ impl WebPushBackend {
             app_id: app.app_id.clone(),
             client,
             policy,
+            origins,
             vapid,
+            key_pending,
             p256,
             ttl: HeaderValue::from(config.ttl.as_secs()),
             high_urgency: HeaderValue::from_static(config.urgency.as_str()),
+            badge_urgency: HeaderValue::from_static(config.badge_urgency.as_str()),
             request_timeout: config.request_timeout,
             max_body: config.max_payload_bytes,
         })
@@ -143,11 +172,8 @@ impl WebPushBackend {
         Ok(Outcome::TokenDead(reason))
     }
 
-    async fn send(
-        &self,
-        request: Request<Full<Bytes>>,
-    ) -> Result<Answer, hyper_util::client::legacy::Error> {
-        let response = self.client.request(request).await?;
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answer, SendError> {
+        let response = self.client.request(request).await.map_err(SendError::Http)?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -162,6 +188,98 @@ impl WebPushBackend {
             .unwrap_or_default();
         Ok(Answer { status, retry_after, body })
     }
+
+    /// Takes one of the origin's request slots, then sends; the caller bounds both with the
+    /// request timeout.
+    async fn send_capped(
+        &self,
+        origin: &str,
+        build: impl FnOnce(HeaderValue) -> Result<Request<Full<Bytes>>, http::Error>,
+    ) -> Result<(Answer, Arc<Jwt>), SendError> {
+        let state = self.origins.get(origin);
+        let jwt = state.jwt(&self.vapid, origin).map_err(SendError::Jwt)?;
+        let request = build(jwt.header.clone()).map_err(SendError::Build)?;
+        let _slot = state.request_slot().await;
+        let answer = self.send(request).await?;
+        Ok((answer, jwt))
+    }
+}
+
+/// Loads the VAPID key, creating it first when configured (not under `check-config`).
+fn load_vapid(
+    app: &AppContext,
+    source: &SecretSource,
+    create_if_missing: bool,
+    subject: String,
+) -> Result<(Vapid, bool), BuildError> {
+    let Some(key_path) = source.file_path(&app.config_dir) else {
+        return Ok((Vapid::load(source, &app.config_dir, subject)?, false));
+    };
+    let key_path = app.resolve_path(&key_path);
+    if create_if_missing && !key_path.exists() {
+        if app.check_only {
+            check_creatable(&key_path)?;
+            // A throwaway key in memory, so that the rest of the app is checked too.
+            let pem = vapid::new_private_key_pem()
+                .map_err(|e| BuildError::new(format!("webpush: cannot generate a key: {e}")))?;
+            return Ok((Vapid::from_pem(&pem, "generated", subject)?, true));
+        }
+        let public_key = vapid::generate_vapid_key(&key_path)?;
+        tracing::info!(
+            app = %app.app_id,
+            path = %key_path.display(),
+            vapid_public_key = %public_key,
+            "created a new VAPID private key"
+        );
+    }
+    vapid::warn_if_readable_by_others(&key_path);
+    let vapid = Vapid::load(&SecretSource::File(key_path), &app.config_dir, subject)?;
+    Ok((vapid, false))
+}
+
+/// Checks, without writing anything, that `generate_vapid_key` could create `path`: its nearest
+/// existing ancestor is a directory this process may write to.
+fn check_creatable(path: &Path) -> Result<(), BuildError> {
+    let fail = |why: String| {
+        BuildError::new(format!(
+            "webpush: `vapid_private_key` {} does not exist and cannot be created \
+             (`create_vapid_key_if_missing`): {why}",
+            path.display()
+        ))
+    };
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        let d = if d.as_os_str().is_empty() { Path::new(".") } else { d };
+        match std::fs::metadata(d) {
+            Ok(meta) if meta.is_dir() => return writable(d).map_err(fail),
+            Ok(_) => return Err(fail(format!("{} is not a directory", d.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => dir = d.parent(),
+            Err(e) => return Err(fail(format!("{}: {e}", d.display()))),
+        }
+    }
+    Err(fail("no existing parent directory".into()))
+}
+
+#[cfg(unix)]
+fn writable(dir: &Path) -> Result<(), String> {
+    use rustix::fs::{access, Access};
+    access(dir, Access::WRITE_OK | Access::EXEC_OK)
+        .map_err(|e| format!("directory {} is not writable: {e}", dir.display()))
+}
+
+#[cfg(not(unix))]
+fn writable(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.permissions().readonly() => Ok(()),
+        _ => Err(format!("directory {} is not writable", dir.display())),
+    }
+}
+
+/// Why a request got no answer.
+enum SendError {
+    Jwt(String),
+    Build(http::Error),
+    Http(hyper_util::client::legacy::Error),
 }
 
 /// What a push service said.
@@ -171,60 +289,97 @@ struct Answer {
     body: Bytes,
 }
 
+/// What an answer body says, parsed: never the text itself.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Said {
+    /// Mozilla autopush's documented error number.
+    errno: Option<u16>,
+    /// The push service says the subscription was made with another VAPID key.
+    key_mismatch: bool,
+}
+
+/// FCM's words for a subscription made with another applicationServerKey (domain.md §4).
+const FCM_MISMATCH: &str = "do not correspond to the credentials used to create the subscription";
+/// Autopush's `errno` for a VAPID public key mismatch.
+const AUTOPUSH_KEY_MISMATCH: u16 = 109;
+
+impl Said {
+    fn parse(body: &[u8]) -> Self {
+        #[derive(serde::Deserialize)]
+        struct AutopushError {
+            errno: Option<u16>,
+        }
+        let errno = match body.first() {
+            Some(b'{') => serde_json::from_slice::<AutopushError>(body).ok().and_then(|e| e.errno),
+            _ => None,
+        };
+        let text = String::from_utf8_lossy(&body[..body.len().min(1024)]).to_ascii_lowercase();
+        let key_mismatch = errno == Some(AUTOPUSH_KEY_MISMATCH) || text.contains(FCM_MISMATCH);
+        Said { errno, key_mismatch }
+    }
+
+    /// `" (errno 109)"` or nothing: safe to log.
+    fn suffix(&self) -> String {
+        self.errno.map(|n| format!(" (errno {n})")).unwrap_or_default()
+    }
+}
+
 impl Answer {
     /// Maps the answer onto the outcome classes (domain.md §4).
-    fn classify(&self, origin: &str) -> Result<Outcome, DeliveryError> {
+    fn classify(&self, origin: &str, jwt: &Jwt) -> Result<Outcome, DeliveryError> {
         let status = self.status;
-        let said = || {
-            let text = String::from_utf8_lossy(&self.body);
-            let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
-            if text.trim().is_empty() {
-                format!("{origin} answered {status}")
-            } else {
-                format!("{origin} answered {status}: {}", text.trim())
-            }
-        };
+        if status.is_success() {
+            jwt.accepted();
+            return Ok(Outcome::Delivered);
+        }
+        let said = Said::parse(&self.body);
+        let text = format!("{origin} answered {status}{}", said.suffix());
         match status.as_u16() {
-            200..=299 => Ok(Outcome::Delivered),
-            // The subscription expired or was unsubscribed. The body is left out: nothing in it
-            // would change that, and some services echo the subscription token.
-            404 | 410 => Ok(Outcome::TokenDead(format!("{origin} answered {status}"))),
+            // The subscription expired or was unsubscribed.
+            404 | 410 => Ok(Outcome::TokenDead(text)),
             429 | 500..=599 => {
-                Err(DeliveryError::transient(said()).with_retry_after(self.retry_after))
+                Err(DeliveryError::transient(text).with_retry_after(self.retry_after))
             }
-            // Bad or mismatched VAPID credentials: the operator's key, not the device.
-            401 | 403 => Err(DeliveryError::credentials_refused(said())),
-            300..=399 => {
-                tracing::warn!(
-                    backend = "webpush",
-                    origin,
-                    %status,
-                    "push service answered with a redirect; redirects are not followed"
-                );
+            401 | 403 if said.key_mismatch || jwt.accepted_within(RECENT_SUCCESS) => {
+                // The origin takes our JWT for other subscriptions (or says so): this one was
+                // made with another applicationServerKey. Retrying cannot help, and the pusher
+                // may still work once the browser subscribes again, so it is not rejected.
                 Err(DeliveryError::message_refused(format!(
-                    "{} (redirects are not followed)",
-                    said()
-                )))
+                    "{text}: the subscription was made with another VAPID key"
+                ))
+                .with_reason("vapid_mismatch"))
+            }
+            // The origin refuses our JWT for everyone: the operator's key or clock.
+            401 | 403 => Err(DeliveryError::credentials_refused(format!(
+                "{text}: VAPID credentials refused"
+            ))
+            .with_reason("vapid_refused")),
+            300..=399 => {
+                Err(DeliveryError::message_refused(format!("{text} (redirects are not followed)"))
+                    .with_reason("redirect"))
             }
             // 400 malformed, 413 too large (cannot happen: bodies are shrunk first), others.
-            _ => Err(DeliveryError::message_refused(said())),
+            _ => Err(DeliveryError::message_refused(text)),
         }
     }
 }
 
-/// Whether the HTTP client failed because the guard refused every address.
-fn refusal(error: &hyper_util::client::legacy::Error) -> Option<&Refused> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+/// The first error of type `E` in `error`'s source chain.
+fn find<'a, E: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
-        if let Some(refused) = e.downcast_ref::<Refused>() {
-            return Some(refused);
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
         }
         source = e.source();
     }
     None
 }
 
-/// The error and its causes on one line (hyper's top-level messages alone say little).
+/// The error and its causes on one line (hyper's top-level messages alone say little). None of
+/// them carries a URL path: the connector's errors name host and port only.
 fn describe(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -243,19 +398,20 @@ impl Backend for WebPushBackend {
         notification: &Notification,
         device: &Device,
     ) -> Result<Outcome, DeliveryError> {
-        let sub = match Subscription::read(device, &self.p256) {
+        let mut sub = match Subscription::read(device, &self.p256) {
             Ok(sub) => sub,
             Err(reason) => return self.reject(device, reason),
         };
-        let endpoint = match self.policy.check_endpoint(sub.endpoint) {
+        let endpoint = match self.policy.check_endpoint(&sub.endpoint) {
             Ok(endpoint) => endpoint,
             Err(Refused(reason)) => return self.reject(device, reason),
         };
-        if sub.events_only && notification.is_badge_only() {
+        let badge_only = notification.is_badge_only();
+        if sub.events_only && badge_only {
             return Ok(Outcome::Skipped("badge-only update to an events_only subscription"));
         }
 
-        let mut json = payload::build(notification, sub.default_payload);
+        let mut json = payload::build(notification, sub.default_payload.take());
         let (body, shrink) = payload::encrypt_to_fit(&mut json, &sub, self.max_body)
             .map_err(DeliveryError::message_refused)?;
         if shrink != Shrink::None {
@@ -268,35 +424,74 @@ impl Backend for WebPushBackend {
                 self.max_body
             );
         }
-        let authorization = self
-            .vapid
-            .authorization(&endpoint.origin)
-            .map_err(DeliveryError::credentials_refused)?;
 
-        let urgency = match notification.prio {
-            Priority::Low => HeaderValue::from_static("low"),
-            Priority::High => self.high_urgency.clone(),
+        // A count that changed because messages were read must not wake a device.
+        let urgency = match (badge_only, notification.prio) {
+            (true, _) => self.badge_urgency.clone(),
+            (false, Priority::Low) => HeaderValue::from_static("low"),
+            (false, Priority::High) => self.high_urgency.clone(),
         };
-        let mut request = Request::post(endpoint.uri)
-            .header(TTL, self.ttl.clone())
-            .header(URGENCY, urgency)
-            .header(CONTENT_ENCODING, HeaderValue::from_static("aes128gcm"))
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))
-            .header(AUTHORIZATION, authorization);
-        if sub.only_last_per_room {
-            if let Some(room_id) = &notification.room_id {
-                request = request.header(TOPIC, payload::topic(room_id));
+        let topic = match (sub.only_last_per_room, &notification.room_id) {
+            (true, Some(room_id)) => Some(payload::topic(room_id)),
+            _ => None,
+        };
+        let ttl = self.ttl.clone();
+        let build = |authorization: HeaderValue| {
+            let mut request = Request::post(endpoint.uri)
+                .header(TTL, ttl)
+                .header(URGENCY, urgency)
+                .header(CONTENT_ENCODING, HeaderValue::from_static("aes128gcm"))
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))
+                .header(AUTHORIZATION, authorization);
+            if let Some(topic) = topic {
+                request = request.header(TOPIC, topic);
             }
-        }
-        let request = request.body(Full::new(Bytes::from(body))).map_err(|e| {
-            DeliveryError::message_refused(format!("cannot build the request: {e}"))
-        })?;
+            request.body(Full::new(Bytes::from(body)))
+        };
 
         let origin = endpoint.origin;
-        match tokio::time::timeout(self.request_timeout, self.send(request)).await {
-            Ok(Ok(answer)) => answer.classify(&origin),
-            Ok(Err(error)) => match refusal(&error) {
-                Some(Refused(reason)) => self.reject(device, reason.clone()),
+        // Waiting for one of the origin's slots counts against the request timeout.
+        let sent = tokio::time::timeout(self.request_timeout, self.send_capped(&origin, build));
+        match sent.await {
+            Ok(Ok((answer, jwt))) => {
+                let result = answer.classify(&origin, &jwt);
+                if let Err(e) = &result {
+                    if e.reason() == Some("vapid_mismatch") {
+                        tracing::warn!(
+                            backend = "webpush",
+                            app = %self.app_id,
+                            origin = %origin,
+                            pushkey = %PushkeyHash::of(&device.pushkey),
+                            status = answer.status.as_u16(),
+                            "push service refused our VAPID key for this subscription only; \
+                             the browser must subscribe again with this app's key"
+                        );
+                    }
+                }
+                result
+            }
+            Ok(Err(SendError::Jwt(e))) => Err(DeliveryError::credentials_refused(e)),
+            Ok(Err(SendError::Build(e))) => {
+                Err(DeliveryError::message_refused(format!("cannot build the request: {e}")))
+            }
+            Ok(Err(SendError::Http(error))) => match find::<AddressRefused>(&error) {
+                Some(AddressRefused(reason)) => {
+                    // What DNS said now, not what the subscription says: a split-horizon
+                    // resolver or a brief hijack must not reject (and so delete) every web
+                    // pusher. The message is dropped, not retried, and an operator is told.
+                    tracing::error!(
+                        backend = "webpush",
+                        app = %self.app_id,
+                        origin = %origin,
+                        reason = %reason,
+                        "push service name resolves only to addresses the SSRF guard refuses; \
+                         message dropped, subscription kept"
+                    );
+                    Err(DeliveryError::message_refused(format!(
+                        "{origin} refused by the SSRF guard: {reason}"
+                    ))
+                    .with_reason("endpoint_refused"))
+                }
                 None => Err(DeliveryError::transient(format!(
                     "request to {origin} failed: {}",
                     describe(&error)

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use herald_core::config::SecretSource;
 use herald_core::BuildError;
 use serde::Deserialize;
 
@@ -10,10 +11,12 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebPushConfig {
-    /// PEM file holding the VAPID private key (P-256, SEC1 or PKCS#8). Relative paths resolve
-    /// against the configuration file's directory.
-    pub vapid_private_key: PathBuf,
+    /// The VAPID private key (P-256, SEC1 or PKCS#8 PEM): a file path (relative paths resolve
+    /// against the configuration file's directory), `{ file = "…" }`, or `{ env = "VAR" }` for
+    /// the PEM text in an environment variable.
+    pub vapid_private_key: SecretSource,
     /// Generate the key file (mode 0600) when it does not exist yet, instead of refusing to start.
+    /// Only for a key in a file; `herald check-config` checks that it could, and creates nothing.
     #[serde(default)]
     pub create_vapid_key_if_missing: bool,
     /// The VAPID `sub` claim: how a push service can reach the operator. Must start with
@@ -25,17 +28,30 @@ pub struct WebPushConfig {
     /// The `Urgency` of high-priority notifications; low-priority ones always go as `low`.
     #[serde(default)]
     pub urgency: Urgency,
-    /// Endpoints that may be plain `http://` or resolve to non-public addresses: globs (`*`, `?`)
-    /// on `host` or `host:port`, e.g. `"push.internal:*"` or `"[::1]:8443"`. Empty by default.
+    /// The `Urgency` of badge-only updates (no event: a count changed because messages were
+    /// read). `low` by default, so that a silent count change does not wake a device.
+    #[serde(default)]
+    pub badge_urgency: BadgeUrgency,
+    /// What the SSRF guard lets through (empty by default): IP addresses and CIDR blocks, e.g.
+    /// `"10.1.2.0/24"` or `"[fd00::1]:8443"`, matched against the address connected to (the only
+    /// way to reach a non-public address); and host-name globs, e.g. `"push.internal"` or
+    /// `"*.corp.example:8080"`, which allow plain `http://` for those names. Each may end in
+    /// `:port` (`:*` for any).
     #[serde(default)]
     pub allowed_endpoints: Vec<String>,
+    /// A PEM bundle of CA certificates trusted in addition to the webpki roots, for push services
+    /// behind an internal CA. Relative paths resolve against the configuration file's directory.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Time allowed to resolve a push service's name and open a TCP connection.
     #[serde(default = "default_connect_timeout", with = "herald_core::config::duration")]
     pub connect_timeout: Duration,
     /// Time allowed for one request to a push service, from sending to the end of the answer.
     #[serde(default = "default_request_timeout", with = "herald_core::config::duration")]
     pub request_timeout: Duration,
-    /// Idle keep-alive connections kept per push-service host.
+    /// Requests in flight, and connections open, per push-service origin at most (so this many
+    /// sockets over HTTP/1.1, streams over HTTP/2); also the idle connections kept. A request
+    /// waiting for a slot waits within its `request_timeout`.
     #[serde(default = "default_max_connections_per_host")]
     pub max_connections_per_host: usize,
     /// The largest encrypted body sent; the message text is shortened to fit. At most 4096, the
@@ -61,6 +77,33 @@ impl Urgency {
         match self {
             Urgency::Normal => "normal",
             Urgency::High => "high",
+        }
+    }
+}
+
+/// The `Urgency` header (RFC 8030 §5.3) used for badge-only updates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BadgeUrgency {
+    /// `very-low`: delivered only when the device is on power and Wi-Fi.
+    VeryLow,
+    /// `low` (the default): delivered on power or Wi-Fi.
+    #[default]
+    Low,
+    /// `normal`.
+    Normal,
+    /// `high`: wakes the device.
+    High,
+}
+
+impl BadgeUrgency {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BadgeUrgency::VeryLow => "very-low",
+            BadgeUrgency::Low => "low",
+            BadgeUrgency::Normal => "normal",
+            BadgeUrgency::High => "high",
         }
     }
 }
@@ -94,12 +137,14 @@ impl WebPushConfig {
     /// A configuration with every optional key at its default.
     pub fn new(vapid_private_key: impl Into<PathBuf>, vapid_subject: impl Into<String>) -> Self {
         WebPushConfig {
-            vapid_private_key: vapid_private_key.into(),
+            vapid_private_key: SecretSource::File(vapid_private_key.into()),
             create_vapid_key_if_missing: false,
             vapid_subject: vapid_subject.into(),
             ttl: default_ttl(),
             urgency: Urgency::default(),
+            badge_urgency: BadgeUrgency::default(),
             allowed_endpoints: Vec::new(),
+            ca_file: None,
             connect_timeout: default_connect_timeout(),
             request_timeout: default_request_timeout(),
             max_connections_per_host: default_max_connections_per_host(),
@@ -122,6 +167,17 @@ impl WebPushConfig {
                  {PUSH_SERVICE_MAX_BODY}, got {}",
                 self.max_payload_bytes
             )));
+        }
+        if self.create_vapid_key_if_missing
+            && matches!(self.vapid_private_key, SecretSource::Env(_))
+        {
+            return Err(BuildError::new(
+                "webpush: `create_vapid_key_if_missing` needs `vapid_private_key` in a file, \
+                 not an environment variable",
+            ));
+        }
+        if self.max_connections_per_host == 0 {
+            return Err(BuildError::new("webpush: `max_connections_per_host` must be more than 0"));
         }
         if u32::try_from(self.ttl.as_secs()).is_err() {
             return Err(BuildError::new("webpush: `ttl` is too long"));
@@ -151,18 +207,25 @@ mod tests {
             .expect("minimal config");
         assert_eq!(c.ttl, Duration::from_secs(900));
         assert_eq!(c.urgency, Urgency::Normal);
+        assert_eq!(c.badge_urgency, BadgeUrgency::Low);
+        assert_eq!(c.vapid_private_key, SecretSource::File("k.pem".into()));
+        assert_eq!(c.ca_file, None);
         assert_eq!(c.max_payload_bytes, 4096);
         assert!(!c.create_vapid_key_if_missing);
         assert!(c.allowed_endpoints.is_empty());
         c.validate().expect("valid");
 
         let c = parse(
-            r#"{"vapid_private_key":"k.pem","vapid_subject":"https://x","ttl":"1h",
-            "urgency":"high","request_timeout":"500ms","allowed_endpoints":["a:*"]}"#,
+            r#"{"vapid_private_key":{"env":"VAPID_PEM"},"vapid_subject":"https://x","ttl":"1h",
+            "urgency":"high","badge_urgency":"very-low","request_timeout":"500ms",
+            "allowed_endpoints":["a:*"],"ca_file":"ca.pem"}"#,
         )
         .expect("full config");
+        assert_eq!(c.vapid_private_key, SecretSource::Env("VAPID_PEM".into()));
         assert_eq!(c.ttl, Duration::from_secs(3600));
         assert_eq!(c.urgency, Urgency::High);
+        assert_eq!(c.badge_urgency, BadgeUrgency::VeryLow);
+        assert_eq!(c.ca_file, Some(PathBuf::from("ca.pem")));
         assert_eq!(c.request_timeout, Duration::from_millis(500));
     }
 
@@ -183,5 +246,14 @@ mod tests {
         c.max_payload_bytes = 4096;
         c.request_timeout = Duration::ZERO;
         assert!(c.validate().expect_err("zero").to_string().contains("request_timeout"));
+        c.request_timeout = Duration::from_secs(1);
+        c.max_connections_per_host = 0;
+        let e = c.validate().expect_err("zero").to_string();
+        assert!(e.contains("max_connections_per_host"), "{e}");
+        c.max_connections_per_host = 4;
+        c.vapid_private_key = SecretSource::Env("K".into());
+        c.create_vapid_key_if_missing = true;
+        let e = c.validate().expect_err("cannot create a variable").to_string();
+        assert!(e.contains("create_vapid_key_if_missing"), "{e}");
     }
 }

@@ -3,15 +3,24 @@
 //! Endpoints are URLs chosen by whoever registers a pusher, so a gateway that posts anywhere lets
 //! clients probe the operator's internal network. Two checks:
 //!
-//! - [`EndpointPolicy::check_endpoint`], before anything is encrypted: the scheme (`https`, or
-//!   `http` only when allow-listed), no user info, and literal addresses. It gives clear reasons.
-//! - [`GuardedConnector`], the HTTP client's connector: it resolves the name itself, drops every
-//!   non-public address the allow-list does not cover, and connects only to an address it checked.
-//!   Checking the address actually connected to defeats DNS rebinding and names such as
-//!   `localhost`; the pre-check alone could not.
+//! - [`EndpointPolicy::check_endpoint`], before anything is encrypted, judges what the URL itself
+//!   says: the scheme (`https`, or `http` only when allow-listed), no user info, a literal address,
+//!   and a host that can be a TLS server name. A refusal here is intrinsic to the subscription (no
+//!   network answer can change it), so the caller rejects the pushkey.
+//! - [`GuardedConnector`], the HTTP client's connector, judges what the network says: it resolves
+//!   the name itself, drops every non-public address the allow-list does not cover, and connects
+//!   only to an address it checked. Checking the address actually connected to defeats DNS
+//!   rebinding and names such as `localhost`. Its refusal ([`AddressRefused`]) is **not** a dead
+//!   token: a split-horizon resolver or a brief DNS hijack must not make Herald reject every web
+//!   pushkey (and the homeserver delete every web pusher).
 //!
-//! An allow-listed endpoint (`allowed_endpoints`, globs on `host` or `host:port`, matched against
-//! the URL's host or the resolved address) may be plain http and may resolve anywhere.
+//! `allowed_endpoints` has two kinds of entries, each optionally with `:port` (`:*` = any):
+//!
+//! - IP addresses and CIDR blocks (`10.1.2.0/24`, `127.0.0.1:8080`, `[fd00::/8]:443`) are matched
+//!   against the address connected to (and an address literal in the URL). They are the only way
+//!   to reach a non-public address, and they also allow plain `http://` to a literal address.
+//! - Host-name globs (`push.internal`, `*.corp.example:8080`) allow plain `http://` for matching
+//!   names. They never unlock a non-public address by themselves: a name is whatever DNS says.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -22,16 +31,27 @@ use std::time::Duration;
 
 use herald_core::BuildError;
 use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
+use ipnet::IpNet;
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::origins::Origins;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// An endpoint the policy refuses: no configuration change short of the allow-list will ever
-/// deliver to it, so the device is rejected.
+/// An endpoint URL the policy refuses for what it says itself: no network answer will ever make
+/// it deliverable, so the device is rejected.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct Refused(pub(crate) String);
+
+/// Every address a push service's name resolved to is one the policy refuses. This is what the
+/// network says at delivery time, not a fault of the subscription.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct AddressRefused(pub(crate) String);
 
 /// A push endpoint that passed the pre-check.
 #[derive(Debug)]
@@ -43,29 +63,31 @@ pub(crate) struct Endpoint {
 }
 
 /// What may be connected to.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct EndpointPolicy {
-    allowed: Vec<HostGlob>,
+    /// IP/CIDR entries: matched against addresses.
+    nets: Vec<(IpNet, Option<u16>)>,
+    /// Host-name globs: allow plain http for matching names.
+    hosts: Vec<(HostGlob, Option<u16>)>,
 }
 
 impl EndpointPolicy {
-    /// Compiles the `allowed_endpoints` patterns.
-    pub(crate) fn new(patterns: &[String]) -> Result<Self, BuildError> {
-        let allowed = patterns
-            .iter()
-            .map(|p| {
-                let p = p.trim();
-                if p.is_empty() || p.contains('/') {
-                    Err(BuildError::new(format!(
-                        "webpush: `allowed_endpoints` entry `{p}` must be a host or host:port \
-                         pattern, without scheme or path"
+    /// Compiles the `allowed_endpoints` entries; an entry that is neither an address/CIDR block
+    /// nor a host-name pattern is refused, naming it.
+    pub(crate) fn new(entries: &[String]) -> Result<Self, BuildError> {
+        let mut policy = EndpointPolicy::default();
+        for entry in entries {
+            match parse_entry(entry) {
+                Ok(Entry::Net(net, port)) => policy.nets.push((net, port)),
+                Ok(Entry::Host(glob, port)) => policy.hosts.push((glob, port)),
+                Err(why) => {
+                    return Err(BuildError::new(format!(
+                        "webpush: `allowed_endpoints` entry `{entry}` {why}"
                     )))
-                } else {
-                    Ok(HostGlob::new(p))
                 }
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(EndpointPolicy { allowed })
+            }
+        }
+        Ok(policy)
     }
 
     /// Checks an endpoint URL before anything is done for it.
@@ -89,50 +111,73 @@ impl EndpointPolicy {
         if port == 0 {
             return Err(Refused("endpoint port is 0".into()));
         }
-        let literal = ip_literal(&host);
-        let allowed =
-            self.allows_host(&host, port) || literal.is_some_and(|ip| self.allows_ip(ip, port));
-        if !https && !allowed {
-            return Err(Refused(format!(
-                "plain http endpoint {host}:{port} is not in allowed_endpoints"
-            )));
-        }
-        if let (Some(ip), false) = (literal, allowed) {
-            if let Some(class) = non_public(ip) {
-                return Err(Refused(format!("endpoint address {host} is {class}")));
+        match ip_literal(&host) {
+            Some(ip) => {
+                let allowed = self.allows_ip(ip, port);
+                if !https && !allowed {
+                    return Err(Refused(format!(
+                        "plain http endpoint {host}:{port} is not in allowed_endpoints"
+                    )));
+                }
+                if let (Some(class), false) = (non_public(ip), allowed) {
+                    return Err(Refused(format!("endpoint address {host} is {class}")));
+                }
+            }
+            None => {
+                // `127.1`, `0x7f000001`, `2130706433`, `0177.0.0.1`: the resolver reads these as
+                // IPv4 addresses (so they would dodge the literal check above), and rustls
+                // refuses them as server names, so they could never work over https either.
+                if legacy_numeric_host(&host) {
+                    return Err(Refused(format!(
+                        "endpoint host {host} is a numeric address that is not a dotted-quad \
+                         IPv4 address"
+                    )));
+                }
+                if https && rustls::pki_types::ServerName::try_from(host.as_str()).is_err() {
+                    return Err(Refused(format!(
+                        "endpoint host {host} can never be a TLS server name"
+                    )));
+                }
+                if !https && !self.allows_host(&host, port) {
+                    return Err(Refused(format!(
+                        "plain http endpoint {host}:{port} is not in allowed_endpoints"
+                    )));
+                }
             }
         }
-        let scheme = if https { "https" } else { "http" };
-        let origin = if port == default_port {
-            format!("{scheme}://{host}")
+        let origin = origin(https, &host, port);
+        // The HTTP client pools connections per URI authority and the connector caps them per
+        // origin: both must use one spelling, or idle connections pooled under
+        // `Push.Example:443` would hold the slots that `push.example` needs.
+        let canonical = &origin[if https { "https://".len() } else { "http://".len() }..];
+        let uri = if authority.as_str() == canonical {
+            uri
         } else {
-            format!("{scheme}://{host}:{port}")
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            Uri::builder()
+                .scheme(if https { "https" } else { "http" })
+                .authority(canonical)
+                .path_and_query(path)
+                .build()
+                .map_err(|_| Refused("endpoint is not a URL".into()))?
         };
         Ok(Endpoint { uri, origin })
     }
 
+    /// Whether a host-name glob allows plain http to `host` on `port`.
     fn allows_host(&self, host: &str, port: u16) -> bool {
-        if self.allowed.is_empty() {
-            return false;
-        }
-        let with_port = format!("{host}:{port}");
-        self.allowed.iter().any(|g| g.matches(host) || g.matches(&with_port))
+        self.hosts.iter().any(|(glob, p)| p.is_none_or(|p| p == port) && glob.matches(host))
     }
 
+    /// Whether an IP/CIDR entry covers `ip` on `port`.
     fn allows_ip(&self, ip: IpAddr, port: u16) -> bool {
-        if self.allowed.is_empty() {
-            return false;
-        }
-        let host = match ip.to_canonical() {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => format!("[{v6}]"),
-        };
-        self.allows_host(&host, port)
+        // `::ffff:127.0.0.1` reaches 127.0.0.1: judge the IPv4 address.
+        let ip = ip.to_canonical();
+        self.nets.iter().any(|(net, p)| p.is_none_or(|p| p == port) && net.contains(&ip))
     }
 
     /// Resolves `host` and connects to the first address the policy allows.
     async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, BoxError> {
-        let host_allowed = self.allows_host(host, port);
         let addrs: Vec<SocketAddr> = match ip_literal(host) {
             Some(ip) => vec![SocketAddr::new(ip, port)],
             None => tokio::net::lookup_host((host, port))
@@ -143,16 +188,16 @@ impl EndpointPolicy {
         let mut refused = None;
         let mut last_error = None;
         for addr in addrs {
-            // `::ffff:127.0.0.1` reaches 127.0.0.1: judge (and dial) the IPv4 address.
             let ip = addr.ip().to_canonical();
-            if !host_allowed && !self.allows_ip(ip, port) {
-                if let Some(class) = non_public(ip) {
+            if let Some(class) = non_public(ip) {
+                if !self.allows_ip(ip, port) {
                     refused.get_or_insert_with(|| {
                         format!("{host} resolves to {ip}, which is {class}")
                     });
                     continue;
                 }
             }
+            // Dial the canonical address that was judged.
             match TcpStream::connect(SocketAddr::new(ip, port)).await {
                 Ok(stream) => {
                     // Requests are small and answered at once; don't let Nagle delay them.
@@ -163,28 +208,154 @@ impl EndpointPolicy {
             }
         }
         match (last_error, refused) {
-            (Some(e), _) => Err(e.into()),
-            (None, Some(reason)) => Err(Refused(reason).into()),
+            (Some(e), _) => Err(format!("cannot connect to {host}:{port}: {e}").into()),
+            (None, Some(reason)) => Err(AddressRefused(reason).into()),
             (None, None) => Err(format!("{host} resolves to no address").into()),
         }
     }
 }
 
-/// The HTTP client's connector: every TCP connection goes through the policy.
-#[derive(Debug, Clone)]
+/// `scheme://host[:port]`, the port only when it is not the scheme's default (RFC 6454).
+pub(crate) fn origin(https: bool, host: &str, port: u16) -> String {
+    let (scheme, default_port) = if https { ("https", 443) } else { ("http", 80) };
+    if port == default_port {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}:{port}")
+    }
+}
+
+enum Entry {
+    Net(IpNet, Option<u16>),
+    Host(HostGlob, Option<u16>),
+}
+
+/// Parses one `allowed_endpoints` entry; `Err` completes "entry `…` …".
+fn parse_entry(entry: &str) -> Result<Entry, String> {
+    let text = entry.trim().to_ascii_lowercase();
+    if text.is_empty() {
+        return Err("is empty".into());
+    }
+    if text.contains("://") {
+        return Err(
+            "must be an address, a CIDR block or a host name, without scheme or path".into()
+        );
+    }
+    // Split off `:port`: `[v6]:port`, `v4:port`, `name:port`; a bare IPv6 address or block has
+    // several colons and no port.
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']').ok_or("has `[` without `]`")?;
+        match after {
+            "" => (inside.to_owned(), None),
+            after => {
+                (inside.to_owned(), Some(after.strip_prefix(':').ok_or("has junk after `]`")?))
+            }
+        }
+    } else if text.matches(':').count() == 1 {
+        let (host, port) = text.split_once(':').ok_or("cannot happen")?;
+        (host.to_owned(), Some(port))
+    } else {
+        (text.clone(), None)
+    };
+    let port = match port {
+        None | Some("*") => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => Some(p),
+            _ => return Err(format!("has an invalid port `{p}` (a number, or `*` for any)")),
+        },
+    };
+    if let Ok(net) = host.parse::<IpNet>() {
+        return Ok(Entry::Net(net.trunc(), port));
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(Entry::Net(IpNet::from(ip.to_canonical()), port));
+    }
+    let neither = "is neither an IP address or CIDR block (e.g. `10.1.2.0/24`, `127.0.0.1:8080`, \
+                   `[fd00::/8]:443`) nor a host-name pattern (e.g. `push.internal`, \
+                   `*.corp.example:8080`)";
+    if host.contains('/') || host.contains(':') {
+        return Err(neither.into());
+    }
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'*' | b'?'))
+    {
+        return Err(neither.into());
+    }
+    // `10.1.2.*` used to match a host *name* that merely starts with those digits
+    // (`10.1.2.attacker.example`) and unlock whatever it resolved to. Address patterns are CIDR
+    // blocks now; a glob that looks like one is refused rather than silently meaning a name.
+    let numeric_label =
+        |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit() || b == b'*' || b == b'?');
+    let labels: Vec<&str> = host.split('.').collect();
+    if labels.iter().any(|l| l.bytes().any(|b| b.is_ascii_digit()))
+        && labels.iter().all(|l| numeric_label(l) || *l == "*")
+    {
+        return Err(format!(
+            "looks like an address pattern; write addresses as a CIDR block, e.g. `{}`",
+            cidr_hint(&labels)
+        ));
+    }
+    Ok(Entry::Host(HostGlob::new(&host), port))
+}
+
+/// `10.1.2.*` → `10.1.2.0/24`, as a migration hint.
+fn cidr_hint(labels: &[&str]) -> String {
+    let fixed: Vec<&str> =
+        labels.iter().take_while(|l| l.bytes().all(|b| b.is_ascii_digit())).copied().collect();
+    let mut octets: Vec<String> = fixed.iter().take(4).map(|s| (*s).to_owned()).collect();
+    let prefix = octets.len() * 8;
+    octets.resize(4, "0".to_owned());
+    format!("{}/{prefix}", octets.join("."))
+}
+
+/// The address in a URL host, IPv6 in brackets as URLs write it. Only the strict forms: a
+/// dotted-quad IPv4 address without leading zeros, or a bracketed IPv6 address.
+fn ip_literal(host: &str) -> Option<IpAddr> {
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
+    }
+    host.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+/// A host whose last label is a number (decimal, or `0x` hex): URL parsers and `getaddrinfo`
+/// read it as an IPv4 address in one of the legacy forms (`127.1`, `2130706433`, `0x7f000001`,
+/// `0177.0.0.1`). Called only for hosts that are not a strict dotted quad.
+fn legacy_numeric_host(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let last = host.rsplit('.').next().unwrap_or(host);
+    let hex = last.strip_prefix("0x").is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+    hex || (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The HTTP client's connector: every TCP connection goes through the policy, and at most
+/// `max_connections_per_host` connections are open per origin.
+#[derive(Clone)]
 pub(crate) struct GuardedConnector {
     policy: Arc<EndpointPolicy>,
+    origins: Arc<Origins>,
     connect_timeout: Duration,
 }
 
+impl std::fmt::Debug for GuardedConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedConnector").finish_non_exhaustive()
+    }
+}
+
 impl GuardedConnector {
-    pub(crate) fn new(policy: Arc<EndpointPolicy>, connect_timeout: Duration) -> Self {
-        GuardedConnector { policy, connect_timeout }
+    pub(crate) fn new(
+        policy: Arc<EndpointPolicy>,
+        origins: Arc<Origins>,
+        connect_timeout: Duration,
+    ) -> Self {
+        GuardedConnector { policy, origins, connect_timeout }
     }
 }
 
 impl tower::Service<Uri> for GuardedConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = GuardedStream;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -194,25 +365,80 @@ impl tower::Service<Uri> for GuardedConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let policy = Arc::clone(&self.policy);
+        let origins = Arc::clone(&self.origins);
         let timeout = self.connect_timeout;
         Box::pin(async move {
             let host = uri.host().ok_or("URL without host")?.to_ascii_lowercase();
-            let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
-                Some("https") => 443,
-                _ => 80,
-            });
-            match tokio::time::timeout(timeout, policy.connect(&host, port)).await {
-                Ok(stream) => Ok(TokioIo::new(stream?)),
+            let https = uri.scheme_str() == Some("https");
+            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let slots = origins.get(&origin(https, &host, port)).connection_slots();
+            let connect = async {
+                // The request cap alone lets a connection open while another is on its way back
+                // to the pool; this makes the cap hold for sockets too. A connect that the pool
+                // no longer needs gives up at the timeout.
+                let slot = slots.acquire_owned().await.ok();
+                let stream = policy.connect(&host, port).await?;
+                Ok::<_, BoxError>(GuardedStream { io: TokioIo::new(stream), _slot: slot })
+            };
+            match tokio::time::timeout(timeout, connect).await {
+                Ok(stream) => stream,
                 Err(_) => Err(format!("connecting to {host}:{port} took over {timeout:?}").into()),
             }
         })
     }
 }
 
-/// The address in a URL host, IPv6 in brackets as URLs write it.
-fn ip_literal(host: &str) -> Option<IpAddr> {
-    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    bare.parse().ok()
+/// A TCP connection that holds one of its origin's connection slots while it is open.
+#[derive(Debug)]
+pub(crate) struct GuardedStream {
+    io: TokioIo<TcpStream>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Connection for GuardedStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for GuardedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for GuardedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
 }
 
 /// Why `ip` is not a public unicast address, or `None` when it is.
@@ -267,7 +493,7 @@ fn non_public_v6(ip: Ipv6Addr) -> Option<&'static str> {
     })
 }
 
-/// A case-insensitive `*`/`?` pattern on `host` or `host:port`.
+/// A case-insensitive `*`/`?` pattern on a host name.
 #[derive(Debug)]
 struct HostGlob(Vec<char>);
 
@@ -373,10 +599,42 @@ mod tests {
     }
 
     #[test]
+    fn legacy_numeric_hosts_and_impossible_server_names_are_intrinsic_faults() {
+        // Even an allow-list that covers loopback does not make these deliverable: the resolver
+        // would read them as addresses, and rustls refuses them as server names.
+        let p = policy(&["127.0.0.0/8", "*"]);
+        for url in [
+            "https://127.1/x",
+            "https://0x7f000001/x",
+            "https://2130706433/x",
+            "https://0177.0.0.1/x",
+            "https://0x7f.1/x",
+            "https://1.2.3.4.5/x",
+            "https://push.example.123/x",
+            "http://127.1/x",
+        ] {
+            let reason = p.check_endpoint(url).expect_err(url).0;
+            assert!(reason.contains("numeric address"), "{url}: {reason}");
+        }
+        let long_label = format!("https://{}.example/x", "a".repeat(64));
+        for url in ["https://bad-.example/x", "https://a..example/x", long_label.as_str()] {
+            let reason = p.check_endpoint(url).expect_err(url).0;
+            assert!(reason.contains("TLS server name"), "{url}: {reason}");
+        }
+        for ok in ["https://fcm.googleapis.com/x", "https://0x7f.example/x", "https://a1.b2/x"] {
+            p.check_endpoint(ok).expect(ok);
+        }
+        assert!(p.check_endpoint("https://127.0.0.1/x").is_ok(), "dotted quad, allow-listed");
+    }
+
+    #[test]
     fn origins_omit_default_ports() {
         let p = policy(&["127.0.0.1:*"]);
         let e = p.check_endpoint("https://Push.Example:443/wpush/v2/abc?x=1").expect("ok");
         assert_eq!(e.origin, "https://push.example");
+        assert_eq!(e.uri, "https://push.example/wpush/v2/abc?x=1", "one spelling per origin");
+        let e = p.check_endpoint("https://push.example").expect("no path");
+        assert_eq!(e.uri, "https://push.example/");
         let e = p.check_endpoint("https://push.example:8443/x").expect("ok");
         assert_eq!(e.origin, "https://push.example:8443");
         let e = p.check_endpoint("http://127.0.0.1:9000/x").expect("allowed");
@@ -384,29 +642,57 @@ mod tests {
     }
 
     #[test]
-    fn allow_list_matches_host_port_and_addresses() {
-        let p = policy(&["127.0.0.1:*", "[::1]:8443", "*.internal", "10.0.0.1"]);
+    fn address_entries_match_addresses_and_name_entries_only_allow_plain_http() {
+        let p = policy(&["127.0.0.1:*", "[::1]:8443", "*.internal", "10.0.0.0/24", "fd00::/8"]);
         assert!(p.check_endpoint("http://127.0.0.1:1234/x").is_ok());
         assert!(p.check_endpoint("http://[::ffff:127.0.0.1]:1234/x").is_ok(), "canonical form");
         assert!(p.check_endpoint("https://[::1]:8443/x").is_ok());
         assert!(p.check_endpoint("https://[::1]:8444/x").is_err(), "other port");
         assert!(p.check_endpoint("http://push.internal/x").is_ok());
         assert!(p.check_endpoint("http://PUSH.INTERNAL:81/x").is_ok());
-        assert!(p.check_endpoint("https://10.0.0.1/x").is_ok(), "pattern without port: any port");
-        assert!(p.check_endpoint("https://10.0.0.2/x").is_err());
+        assert!(p.check_endpoint("https://10.0.0.7/x").is_ok(), "in the block, any port");
+        assert!(p.check_endpoint("https://10.0.1.1/x").is_err());
+        assert!(p.check_endpoint("https://[fd00::5]/x").is_ok());
         assert!(p.allows_ip(ip("127.0.0.1"), 80));
         assert!(p.allows_ip(ip("::ffff:127.0.0.1"), 80));
         assert!(!p.allows_ip(ip("127.0.0.2"), 80));
-        assert!(EndpointPolicy::new(&["https://x".to_string()]).is_err());
+        assert!(p.allows_ip(ip("10.0.0.255"), 1));
+        // A host glob never covers an address.
+        assert!(!p.allows_ip(ip("192.168.0.1"), 80));
+        let p = policy(&["localhost"]);
+        assert!(p.check_endpoint("http://localhost/x").is_ok(), "plain http for the name");
+        assert!(!p.allows_ip(ip("127.0.0.1"), 80), "but not its loopback address");
+    }
+
+    #[test]
+    fn entries_that_are_neither_are_refused_naming_them() {
+        for (entry, hint) in [
+            ("10.1.2.*", "10.1.2.0/24"),
+            ("10.*", "10.0.0.0/8"),
+            ("192.168.?.1", "192.168.0.0/16"),
+            ("https://push.example/", "without scheme"),
+            ("10.0.0.0/33", "neither"),
+            ("push.example:http", "invalid port"),
+            ("push.example:0", "invalid port"),
+            ("push example", "neither"),
+            ("[::1", "`]`"),
+            ("", "empty"),
+        ] {
+            let e = EndpointPolicy::new(&[entry.to_owned()]).expect_err(entry).to_string();
+            assert!(e.contains(&format!("`{entry}`")), "names the entry: {e}");
+            assert!(e.contains(hint), "{entry}: {e}");
+        }
+        // Still fine: names with digits, any-port forms, IPv6 with and without brackets.
+        policy(&["push1.example", "*:*", "*", "127.0.0.1:*", "[::1]:*", "::1", "[fd00::/8]:443"]);
     }
 
     #[test]
     fn globs() {
-        let g = HostGlob::new("*.Example.org:?43");
-        assert!(g.matches("push.example.org:443"));
-        assert!(g.matches("a.b.example.org:843"));
-        assert!(!g.matches("example.org:443"));
-        assert!(!g.matches("push.example.org:4430"));
-        assert!(HostGlob::new("*").matches("anything:1"));
+        let g = HostGlob::new("*.Example.org");
+        assert!(g.matches("push.example.org"));
+        assert!(g.matches("a.b.example.org"));
+        assert!(!g.matches("example.org"));
+        assert!(HostGlob::new("*").matches("anything"));
+        assert!(HostGlob::new("push?.x").matches("push1.x"));
     }
 }

@@ -10,8 +10,11 @@
 //! - `subscription`: reading a device's pushkey and pusher data.
 //! - `aes128gcm`: RFC 8291 encryption of one message.
 //! - `payload`: the JSON payload, shrunk to fit the push services' 4096-byte limit.
-//! - `vapid`: the VAPID key, and JWTs signed once per push-service origin.
+//! - `vapid`: the VAPID key, and signing a JWT for a push-service origin.
+//! - `origins`: per push-service origin: the request and connection caps, the JWT, and when the
+//!   origin last accepted it.
 //! - `guard`: the SSRF guard, in the URL pre-check and in the connector itself.
+//! - `tls`: the rustls client configuration (webpki roots plus an optional `ca_file`).
 //!
 //! `docs/backends/webpush.md` explains setup for operators and web clients.
 
@@ -19,10 +22,12 @@ mod aes128gcm;
 mod backend;
 pub mod config;
 mod guard;
+mod origins;
 mod payload;
 mod subscription;
+mod tls;
 mod vapid;
 
 pub use backend::WebPushBackend;
-pub use config::{Urgency, WebPushConfig};
+pub use config::{BadgeUrgency, Urgency, WebPushConfig};
 pub use vapid::{generate_vapid_key, vapid_public_key};

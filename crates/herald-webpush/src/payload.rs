@@ -5,10 +5,8 @@
 //! instead of trimming and re-encrypting in a loop.
 
 use base64::Engine;
-use herald_core::model::JsonObject;
-use herald_core::Notification;
+use herald_core::{Notification, RawObject};
 use http::HeaderValue;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::subscription::Subscription;
@@ -27,16 +25,44 @@ pub(crate) enum Shrink {
     None,
     /// `content.body` was shortened.
     BodyCut,
+    /// An encrypted event's `content.ciphertext` was left out; its small fields (`algorithm`,
+    /// `sender_key`, `session_id`, `device_id`) were kept.
+    CiphertextDropped,
     /// `content` was left out.
     ContentDropped,
-    /// Only the ids and counts were kept.
+    /// Only the ids, counts, sender and the `default_payload` keys that fit were kept.
+    Reduced,
+    /// Only the ids and counts (or less) were kept.
     Minimal,
 }
 
+/// The fields of an encrypted event's `content` that a client needs to find the session keys,
+/// kept when the `ciphertext` cannot fit.
+const ENCRYPTED_SMALL_FIELDS: [&str; 4] = ["algorithm", "sender_key", "session_id", "device_id"];
+/// The keys [`build`] writes from the notification; any other key came from `default_payload`.
+const EVENT_FIELDS: [&str; 12] = [
+    "room_id",
+    "room_name",
+    "room_alias",
+    "membership",
+    "event_id",
+    "sender",
+    "sender_display_name",
+    "type",
+    "user_is_target",
+    "unread",
+    "missed_calls",
+    "content",
+];
+/// The event fields kept as long as possible.
+const IDS_AND_COUNTS: [&str; 4] = ["event_id", "room_id", "unread", "missed_calls"];
+/// Kept with the ids and counts while they fit: who sent it.
+const SENDER: [&str; 2] = ["sender", "sender_display_name"];
+
 /// Builds the payload: `default_payload`, overridden by the event's fields, the counts, and
 /// `content` without `formatted_body` (a browser notification cannot show HTML).
-pub(crate) fn build(n: &Notification, default_payload: Option<&JsonObject>) -> JsonObject {
-    let mut payload = default_payload.cloned().unwrap_or_default();
+pub(crate) fn build(n: &Notification, default_payload: Option<RawObject>) -> RawObject {
+    let mut payload = default_payload.unwrap_or_default();
     let strings = [
         ("room_id", &n.room_id),
         ("room_name", &n.room_name),
@@ -49,21 +75,21 @@ pub(crate) fn build(n: &Notification, default_payload: Option<&JsonObject>) -> J
     ];
     for (key, value) in strings {
         if let Some(value) = value {
-            payload.insert(key.to_owned(), Value::String(value.clone()));
+            payload.insert_str(key, value);
         }
     }
     if let Some(target) = n.user_is_target {
-        payload.insert("user_is_target".to_owned(), Value::Bool(target));
+        payload.insert("user_is_target", &target);
     }
     for (key, count) in [("unread", n.counts.unread), ("missed_calls", n.counts.missed_calls)] {
         if let Some(count) = count {
-            payload.insert(key.to_owned(), Value::from(count));
+            payload.insert(key, &count);
         }
     }
     if let Some(content) = &n.content {
         let mut content = content.clone();
         content.remove("formatted_body");
-        payload.insert("content".to_owned(), Value::Object(content));
+        payload.insert("content", &content);
     }
     payload
 }
@@ -77,7 +103,7 @@ pub(crate) fn max_plaintext(max_body: usize) -> usize {
 
 /// Encrypts `payload` for `sub` into at most `max_body` bytes, shrinking the payload if needed.
 pub(crate) fn encrypt_to_fit(
-    payload: &mut JsonObject,
+    payload: &mut RawObject,
     sub: &Subscription<'_>,
     max_body: usize,
 ) -> Result<(Vec<u8>, Shrink), String> {
@@ -99,43 +125,97 @@ pub(crate) fn encrypt_to_fit(
 }
 
 /// Serialises `payload` into at most `limit` bytes, giving up as little as possible: first the end
-/// of `content.body`, then `content`, then everything but the ids and counts.
-pub(crate) fn fit(payload: &mut JsonObject, limit: usize) -> (Vec<u8>, Shrink) {
-    let mut json = to_json(payload);
+/// of `content.body`; then an encrypted event's `ciphertext` (keeping its small fields); then
+/// `content`; then everything but the ids, counts, sender and the `default_payload` keys that fit
+/// (largest dropped first); then those too.
+pub(crate) fn fit(payload: &mut RawObject, limit: usize) -> (Vec<u8>, Shrink) {
+    let mut json = payload.to_json();
     if json.len() <= limit {
         return (json, Shrink::None);
     }
-    let body = match payload.get_mut("content") {
-        Some(Value::Object(content)) => match content.get_mut("body") {
-            Some(Value::String(body)) => Some(body),
-            _ => None,
-        },
-        _ => None,
-    };
-    if let Some(body) = body {
-        shorten(body, json.len() - limit);
-        json = to_json(payload);
+    let content = payload.object("content");
+    let body = content.as_ref().and_then(|c| c.str("body")).map(|b| b.into_owned());
+    if let (Some(mut content), Some(mut body)) = (content, body) {
+        // Re-serialise the body first: the excess is measured on how serde_json writes it, which
+        // may be shorter than the escapes the homeserver sent.
+        content.insert_str("body", &body);
+        payload.insert("content", &content);
+        json = payload.to_json();
+        if json.len() > limit {
+            shorten(&mut body, json.len() - limit);
+            content.insert_str("body", &body);
+            payload.insert("content", &content);
+            json = payload.to_json();
+        }
         if json.len() <= limit {
             return (json, Shrink::BodyCut);
         }
     }
+    if let Some(mut content) = payload.object("content").filter(|c| c.contains_key("ciphertext")) {
+        // A client that cannot decrypt from the push can still tell which session the event
+        // belongs to and fetch it; the ciphertext is the one large field.
+        content.remove("ciphertext");
+        payload.insert("content", &content);
+        json = payload.to_json();
+        if json.len() > limit {
+            content.retain(|k| ENCRYPTED_SMALL_FIELDS.contains(&k));
+            payload.insert("content", &content);
+            json = payload.to_json();
+        }
+        if json.len() <= limit {
+            return (json, Shrink::CiphertextDropped);
+        }
+    }
     payload.remove("content");
-    json = to_json(payload);
+    json = payload.to_json();
     if json.len() <= limit {
         return (json, Shrink::ContentDropped);
     }
-    payload.retain(|k, _| matches!(k.as_str(), "event_id" | "room_id" | "unread" | "missed_calls"));
-    json = to_json(payload);
+    // The last resort. Web clients read keys of `default_payload` (e.g. a session id), so keep
+    // those that fit, dropping the largest first.
+    payload.retain(|k| {
+        IDS_AND_COUNTS.contains(&k) || SENDER.contains(&k) || !EVENT_FIELDS.contains(&k)
+    });
+    json = payload.to_json();
+    if json.len() > limit {
+        let mut extra: Vec<(usize, String)> = payload
+            .iter()
+            .filter(|(k, _)| !EVENT_FIELDS.contains(k))
+            .map(|(k, v)| (entry_len(k, v.get()), k.to_owned()))
+            .collect();
+        extra.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let mut len = json.len();
+        for (size, key) in extra {
+            if len <= limit {
+                break;
+            }
+            payload.remove(&key);
+            // Exact but for the last comma of an object that becomes empty: checked below.
+            len = len.saturating_sub(size);
+        }
+        json = payload.to_json();
+    }
+    if json.len() <= limit {
+        return (json, Shrink::Reduced);
+    }
+    payload.retain(|k| IDS_AND_COUNTS.contains(&k));
+    json = payload.to_json();
     if json.len() <= limit {
         return (json, Shrink::Minimal);
     }
     // Ids longer than the whole limit: only the counts can still be sent.
-    payload.retain(|k, _| matches!(k.as_str(), "unread" | "missed_calls"));
-    json = to_json(payload);
+    payload.retain(|k| matches!(k, "unread" | "missed_calls"));
+    json = payload.to_json();
     if json.len() > limit {
         json = b"{}".to_vec();
     }
     (json, Shrink::Minimal)
+}
+
+/// The bytes `"key":value,` takes in a serialised object.
+fn entry_len(key: &str, raw_value: &str) -> usize {
+    let key_len: usize = key.chars().map(escaped_len).sum();
+    key_len + 2 + 1 + raw_value.len() + 1
 }
 
 /// Cuts the end of `body` so that its JSON form shrinks by at least `excess` bytes, on a character
@@ -168,11 +248,6 @@ fn escaped_len(c: char) -> usize {
     }
 }
 
-fn to_json(payload: &JsonObject) -> Vec<u8> {
-    // Serialising a map of JSON values cannot fail.
-    serde_json::to_vec(payload).unwrap_or_else(|_| b"{}".to_vec())
-}
-
 /// The `Topic` for a room: push services replace a stored message with a newer one of the same
 /// topic. Topics are at most 32 base64url characters, so the room id is hashed.
 pub(crate) fn topic(room_id: &str) -> HeaderValue {
@@ -185,13 +260,10 @@ pub(crate) fn topic(room_id: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
-    fn object(v: Value) -> JsonObject {
-        match v {
-            Value::Object(o) => o,
-            _ => panic!("not an object"),
-        }
+    fn object(v: &Value) -> RawObject {
+        RawObject::parse(&v.to_string()).expect("an object")
     }
 
     #[test]
@@ -222,7 +294,7 @@ mod tests {
         for text in texts {
             for limit in [383, 1000, 3967] {
                 let mut p = object(
-                    json!({"room_id": "!r", "content": {"body": text, "msgtype": "m.text"}}),
+                    &json!({"room_id": "!r", "content": {"body": text, "msgtype": "m.text"}}),
                 );
                 let (json, shrink) = fit(&mut p, limit);
                 assert_eq!(shrink, Shrink::BodyCut);
@@ -241,7 +313,7 @@ mod tests {
     #[test]
     fn gives_up_in_order_and_never_overflows() {
         let big = "x".repeat(5000);
-        let mut p = object(json!({"event_id": "$e", "content": {"body": "hi", "other": big}}));
+        let mut p = object(&json!({"event_id": "$e", "content": {"body": "hi", "other": big}}));
         let (json, shrink) = fit(&mut p, 383);
         assert_eq!(shrink, Shrink::ContentDropped);
         assert_eq!(
@@ -249,7 +321,15 @@ mod tests {
             json!({"event_id": "$e"})
         );
 
-        let mut p = object(json!({"event_id": "$e", "unread": 1, "room_name": big}));
+        let mut p = object(&json!({"event_id": "$e", "unread": 1, "room_name": big}));
+        let (json, shrink) = fit(&mut p, 383);
+        assert_eq!(shrink, Shrink::Reduced);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&json).expect("json"),
+            json!({"event_id": "$e", "unread": 1})
+        );
+
+        let mut p = object(&json!({"event_id": "$e", "unread": 1, "sender": big}));
         let (json, shrink) = fit(&mut p, 383);
         assert_eq!(shrink, Shrink::Minimal);
         assert_eq!(
@@ -257,9 +337,65 @@ mod tests {
             json!({"event_id": "$e", "unread": 1})
         );
 
-        let mut p = object(json!({"event_id": big, "unread": 1}));
+        let mut p = object(&json!({"event_id": big, "unread": 1}));
         let (json, _) = fit(&mut p, 383);
         assert_eq!(serde_json::from_slice::<Value>(&json).expect("json"), json!({"unread": 1}));
+    }
+
+    #[test]
+    fn encrypted_events_keep_their_small_content_fields() {
+        let small = json!({"algorithm": "m.megolm.v1.aes-sha2", "sender_key": "sk",
+            "session_id": "sid", "device_id": "DEV"});
+        let mut content = small.clone();
+        content["ciphertext"] = json!("c".repeat(5000));
+        let mut p =
+            object(&json!({"event_id": "$e", "type": "m.room.encrypted", "content": content}));
+        let (json, shrink) = fit(&mut p, 383);
+        assert_eq!(shrink, Shrink::CiphertextDropped);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&json).expect("json"),
+            json!({"event_id": "$e", "type": "m.room.encrypted", "content": small})
+        );
+
+        // Other large fields beside the ciphertext go too; the small fields stay.
+        content["relates"] = json!("r".repeat(5000));
+        let mut p = object(&json!({"event_id": "$e", "content": content}));
+        let (json, shrink) = fit(&mut p, 383);
+        assert_eq!(shrink, Shrink::CiphertextDropped);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&json).expect("json"),
+            json!({"event_id": "$e", "content": small})
+        );
+    }
+
+    #[test]
+    fn the_last_resort_keeps_the_sender_and_the_default_payload_keys_that_fit() {
+        let mut p = object(&json!({
+            "event_id": "$e", "room_id": "!r", "unread": 2, "sender": "@a:x",
+            "sender_display_name": "A", "room_name": "x".repeat(200), "type": "m.room.message",
+            "session_id": "web-1", "huge": "h".repeat(3000), "big": "b".repeat(300),
+            "content": {"body": "hi", "other": "o".repeat(3000)}
+        }));
+        let (json, shrink) = fit(&mut p, 383);
+        assert_eq!(shrink, Shrink::Reduced);
+        assert!(json.len() <= 383, "{}", json.len());
+        assert_eq!(
+            serde_json::from_slice::<Value>(&json).expect("json"),
+            json!({"event_id": "$e", "room_id": "!r", "unread": 2, "sender": "@a:x",
+                "sender_display_name": "A", "session_id": "web-1"}),
+            "the largest default_payload keys went first, the small one stayed"
+        );
+
+        // Every limit: never over, always valid JSON.
+        for limit in (2..600).step_by(7) {
+            let mut p = object(&json!({
+                "event_id": "$e", "sender": "@a:x", "k1": "v".repeat(100), "k2": [1, 2, 3],
+                "k\"3": "w".repeat(40), "unread": 1
+            }));
+            let (json, _) = fit(&mut p, limit);
+            assert!(json.len() <= limit.max(2), "{limit}: {}", json.len());
+            serde_json::from_slice::<Value>(&json).expect("valid JSON");
+        }
     }
 
     #[test]

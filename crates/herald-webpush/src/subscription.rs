@@ -7,11 +7,12 @@
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::{alphabet, Engine};
-use herald_core::model::JsonObject;
-use herald_core::Device;
+use std::borrow::Cow;
+
+use herald_core::raw::lenient_str;
+use herald_core::{Device, RawObject};
 use openssl::bn::BigNumContext;
 use openssl::ec::{EcGroup, EcPoint};
-use serde_json::Value;
 
 /// Length of an uncompressed P-256 point (RFC 8291 §3.1: `0x04 || x || y`).
 const P256DH_LEN: usize = 65;
@@ -32,13 +33,13 @@ const STANDARD_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(
 #[derive(Debug)]
 pub(crate) struct Subscription<'a> {
     /// The push service URL chosen by the browser.
-    pub(crate) endpoint: &'a str,
+    pub(crate) endpoint: Cow<'a, str>,
     /// The browser's public key.
     pub(crate) p256dh: [u8; P256DH_LEN],
     /// The shared auth secret.
     pub(crate) auth: [u8; AUTH_LEN],
     /// Merged into every payload (event fields win).
-    pub(crate) default_payload: Option<&'a JsonObject>,
+    pub(crate) default_payload: Option<RawObject>,
     /// Skip badge-only updates.
     pub(crate) events_only: bool,
     /// Send a `Topic` per room, so that the push service keeps only the newest message.
@@ -49,15 +50,15 @@ impl<'a> Subscription<'a> {
     /// Reads the subscription; `Err` says why it is unusable (without quoting any secret).
     pub(crate) fn read(device: &'a Device, p256: &EcGroup) -> Result<Self, String> {
         let data = &device.data;
-        let endpoint = match data.get("endpoint") {
-            Some(Value::String(s)) if !s.is_empty() => s.as_str(),
+        let endpoint = match data.get("endpoint").map(lenient_str) {
+            Some(Some(s)) if !s.is_empty() => s,
             Some(_) => return Err("pusher data `endpoint` is not a URL string".into()),
             None => return Err("pusher data has no `endpoint`".into()),
         };
-        let auth = match data.get("auth") {
-            Some(Value::String(s)) => decode::<AUTH_LEN>(s)
+        let auth = match data.get("auth").map(lenient_str) {
+            Some(Some(s)) => decode::<AUTH_LEN>(&s)
                 .ok_or_else(|| format!("pusher data `auth` is not {AUTH_LEN} bytes of base64"))?,
-            Some(_) => return Err("pusher data `auth` is not a string".into()),
+            Some(None) => return Err("pusher data `auth` is not a string".into()),
             None => return Err("pusher data has no `auth`".into()),
         };
         let p256dh = decode::<P256DH_LEN>(&device.pushkey)
@@ -70,19 +71,24 @@ impl<'a> Subscription<'a> {
         if p256dh[0] != 0x04 || !on_curve {
             return Err("pushkey is not an uncompressed P-256 point".into());
         }
+        // Present but not an object (`null` counts as absent): the client registered a pusher no
+        // payload can be built for, the same for every notification.
+        let default_payload = match data.get("default_payload") {
+            Some(raw) if raw.get() != "null" => Some(
+                data.object("default_payload")
+                    .ok_or("pusher data `default_payload` is not an object")?,
+            ),
+            _ => None,
+        };
         Ok(Subscription {
             endpoint,
             p256dh,
             auth,
-            default_payload: data.get("default_payload").and_then(Value::as_object),
-            events_only: flag(data, "events_only"),
-            only_last_per_room: flag(data, "only_last_per_room"),
+            default_payload,
+            events_only: data.bool("events_only") == Some(true),
+            only_last_per_room: data.bool("only_last_per_room") == Some(true),
         })
     }
-}
-
-fn flag(data: &JsonObject, key: &str) -> bool {
-    matches!(data.get(key), Some(Value::Bool(true)))
 }
 
 fn decode<const N: usize>(text: &str) -> Option<[u8; N]> {
@@ -103,13 +109,9 @@ mod tests {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.public_key())
     }
 
-    fn device(pushkey: &str, data: Value) -> Device {
-        let mut device: Device =
-            serde_json::from_value(serde_json::json!({"app_id": "a", "pushkey": pushkey}))
-                .expect("device");
-        if let Value::Object(data) = data {
-            device.data = data;
-        }
+    fn device(pushkey: &str, data: &serde_json::Value) -> Device {
+        let mut device = Device::new("a", pushkey);
+        device.data = RawObject::parse(&data.to_string()).expect("an object");
         device
     }
 
@@ -122,14 +124,14 @@ mod tests {
     fn reads_sygnal_style_data() {
         let d = device(
             &p256dh(),
-            serde_json::json!({"endpoint": "https://push.example/x", "auth": "xS03Fj5ErfTNH_l9WHE9Ig",
+            &serde_json::json!({"endpoint": "https://push.example/x", "auth": "xS03Fj5ErfTNH_l9WHE9Ig",
                 "events_only": true, "default_payload": {"a": 1}}),
         );
         let s = read(&d).expect("valid");
         assert_eq!(s.endpoint, "https://push.example/x");
         assert!(s.events_only);
         assert!(!s.only_last_per_room);
-        assert_eq!(s.default_payload.expect("object")["a"], 1);
+        assert_eq!(s.default_payload.expect("object").get("a").map(|v| v.get()), Some("1"));
         assert_eq!(s.p256dh[0], 4);
     }
 
@@ -138,9 +140,14 @@ mod tests {
         let padded = format!("{}=", p256dh());
         let d = device(
             &padded,
-            serde_json::json!({"endpoint": "https://p/x", "auth": "xS03Fj5ErfTNH/l9WHE9Ig=="}),
+            &serde_json::json!({"endpoint": "https://p/x", "auth": "xS03Fj5ErfTNH/l9WHE9Ig=="}),
         );
         read(&d).expect("padded and standard alphabet");
+    }
+
+    fn other_last_char(key: &str) -> String {
+        let (head, last) = key.split_at(key.len() - 1);
+        format!("{head}{}", if last == "A" { "E" } else { "A" })
     }
 
     #[test]
@@ -150,13 +157,23 @@ mod tests {
         let ok_data =
             serde_json::json!({"endpoint": "https://p/x", "auth": "xS03Fj5ErfTNH_l9WHE9Ig"});
         let cases = [
-            (device(key, serde_json::json!({"auth": "xS03Fj5ErfTNH_l9WHE9Ig"})), "no `endpoint`"),
-            (device(key, serde_json::json!({"endpoint": 3, "auth": "x"})), "`endpoint`"),
-            (device(key, serde_json::json!({"endpoint": "https://p/x"})), "no `auth`"),
-            (device(key, serde_json::json!({"endpoint": "https://p/x", "auth": "abc"})), "`auth`"),
-            (device("short", ok_data.clone()), "pushkey"),
-            (device(&key.replacen('B', "C", 1), ok_data.clone()), "P-256 point"),
-            (device(&format!("{}A", &key[..key.len() - 1]), ok_data), "P-256 point"),
+            (device(key, &serde_json::json!({"auth": "xS03Fj5ErfTNH_l9WHE9Ig"})), "no `endpoint`"),
+            (device(key, &serde_json::json!({"endpoint": 3, "auth": "x"})), "`endpoint`"),
+            (device(key, &serde_json::json!({"endpoint": "https://p/x"})), "no `auth`"),
+            (
+                device(
+                    key,
+                    &serde_json::json!({"endpoint": "https://p/x",
+                        "auth": "xS03Fj5ErfTNH_l9WHE9Ig", "default_payload": [1]}),
+                ),
+                "`default_payload` is not an object",
+            ),
+            (device(key, &serde_json::json!({"endpoint": "https://p/x", "auth": "abc"})), "`auth`"),
+            (device("short", &ok_data), "pushkey"),
+            (device(&key.replacen('B', "C", 1), &ok_data), "P-256 point"),
+            // Another y: the last character holds its lowest bits (always change it: one key in
+            // 16 already ends in `A`).
+            (device(&other_last_char(key), &ok_data), "P-256 point"),
         ];
         for (d, why) in &cases {
             let e = read(d).expect_err("unusable");

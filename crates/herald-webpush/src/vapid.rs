@@ -1,48 +1,59 @@
-//! VAPID (RFC 8292): the app server's key file, and JWTs signed once per push-service origin.
+//! VAPID (RFC 8292): the app server's key, and signing the JWT for a push-service origin.
 //!
 //! Signing is an ECDSA operation per JWT; a JWT stays valid for hours and names only the push
-//! service's origin, so one is kept per origin and reused until shortly before it expires.
+//! service's origin, so `origins` keeps one per origin and reuses it for [`JWT_REUSE`].
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
+use herald_core::config::SecretSource;
 use herald_core::BuildError;
 use http::HeaderValue;
 use web_push::{PartialVapidSignatureBuilder, SubscriptionInfo, VapidSignatureBuilder};
 
 /// How long a signed JWT is valid (RFC 8292 allows at most 24 hours).
 const JWT_VALIDITY: Duration = Duration::from_secs(12 * 3600);
-/// A cached JWT is replaced this long before it expires, so that none arrives expired.
+/// A JWT is replaced this long before it expires, so that none arrives expired.
 const JWT_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
-/// Origins come from clients' subscriptions; bound the cache so that odd endpoints cannot grow it.
-const MAX_CACHED_ORIGINS: usize = 1024;
+/// How long one signed JWT is reused.
+pub(crate) const JWT_REUSE: Duration = JWT_VALIDITY.saturating_sub(JWT_REFRESH_MARGIN);
 
-/// The VAPID identity of one app and its per-origin JWT cache.
+/// The VAPID identity of one app.
 pub(crate) struct Vapid {
     key: PartialVapidSignatureBuilder,
     /// The public key, base64url without padding: the `k=` parameter and the web clients'
     /// `applicationServerKey`.
     public_key: String,
     subject: String,
-    cache: Mutex<HashMap<String, CachedJwt>>,
-}
-
-struct CachedJwt {
-    header: HeaderValue,
-    refresh_at: Instant,
 }
 
 impl Vapid {
-    /// Loads the key at `path`.
-    pub(crate) fn load(path: &Path, subject: String) -> Result<Self, BuildError> {
-        let key = read_key(path)?;
+    /// Loads the key from `source` (a file resolved against `base_dir`, or a variable).
+    pub(crate) fn load(
+        source: &SecretSource,
+        base_dir: &Path,
+        subject: String,
+    ) -> Result<Self, BuildError> {
+        let pem = source.read(base_dir).map_err(|e| {
+            let hint = match source.file_path(base_dir) {
+                Some(path) => {
+                    format!(" (create one with `herald vapid-keygen --out {}`)", path.display())
+                }
+                None => String::new(),
+            };
+            BuildError::new(format!("webpush: cannot read `vapid_private_key`: {e}{hint}"))
+        })?;
+        Self::from_pem(&pem, &source.to_string(), subject)
+    }
+
+    /// Loads the key from PEM text; `what` names where it came from, for errors.
+    pub(crate) fn from_pem(pem: &[u8], what: &str, subject: String) -> Result<Self, BuildError> {
+        let key = parse_key(pem, what)?;
         let public_key = encode_public_key(&key);
-        Ok(Vapid { key, public_key, subject, cache: Mutex::new(HashMap::new()) })
+        Ok(Vapid { key, public_key, subject })
     }
 
     /// The public key as web clients need it (`applicationServerKey`).
@@ -50,28 +61,8 @@ impl Vapid {
         &self.public_key
     }
 
-    /// The `Authorization` header for a request to `origin` (`scheme://host[:port]`).
-    pub(crate) fn authorization(&self, origin: &str) -> Result<HeaderValue, String> {
-        let now = Instant::now();
-        if let Some(cached) = self.lock().get(origin).filter(|c| c.refresh_at > now) {
-            return Ok(cached.header.clone());
-        }
-        // Signed outside the lock: two requests racing for a new origin both sign, which is
-        // cheaper than making every other origin wait.
-        let header = self.sign(origin)?;
-        let mut cache = self.lock();
-        if cache.len() >= MAX_CACHED_ORIGINS {
-            cache.retain(|_, c| c.refresh_at > now);
-            if cache.len() >= MAX_CACHED_ORIGINS {
-                cache.clear();
-            }
-        }
-        let refresh_at = now + (JWT_VALIDITY - JWT_REFRESH_MARGIN);
-        cache.insert(origin.to_owned(), CachedJwt { header: header.clone(), refresh_at });
-        Ok(header)
-    }
-
-    fn sign(&self, origin: &str) -> Result<HeaderValue, String> {
+    /// Signs the `Authorization` header for requests to `origin` (`scheme://host[:port]`).
+    pub(crate) fn sign(&self, origin: &str) -> Result<HeaderValue, String> {
         let expires = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|e| format!("system clock before 1970: {e}"))?
@@ -86,11 +77,6 @@ impl Vapid {
         let value = format!("vapid t={}, k={}", signature.auth_t, self.public_key);
         HeaderValue::try_from(value).map_err(|e| format!("VAPID header: {e}"))
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedJwt>> {
-        // The map holds no invariant a panicking holder could break, so poisoning is ignored.
-        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 fn read_key(path: &Path) -> Result<PartialVapidSignatureBuilder, BuildError> {
@@ -102,10 +88,14 @@ fn read_key(path: &Path) -> Result<PartialVapidSignatureBuilder, BuildError> {
             path.display()
         ))
     })?;
-    VapidSignatureBuilder::from_pem_no_sub(pem.as_slice()).map_err(|e| {
+    parse_key(&pem, &path.display().to_string())
+}
+
+fn parse_key(pem: &[u8], what: &str) -> Result<PartialVapidSignatureBuilder, BuildError> {
+    // The parser's error says nothing about the key's content; it is shown, the PEM never.
+    VapidSignatureBuilder::from_pem_no_sub(pem).map_err(|e| {
         BuildError::new(format!(
-            "webpush: `vapid_private_key` {} is not a P-256 private key in PEM: {e}",
-            path.display()
+            "webpush: `vapid_private_key` ({what}) is not a P-256 private key in PEM: {e}"
         ))
     })
 }
@@ -153,7 +143,7 @@ pub fn generate_vapid_key(path: &Path) -> Result<String, BuildError> {
     vapid_public_key(path)
 }
 
-fn new_private_key_pem() -> Result<Vec<u8>, openssl::error::ErrorStack> {
+pub(crate) fn new_private_key_pem() -> Result<Vec<u8>, openssl::error::ErrorStack> {
     use openssl::ec::{EcGroup, EcKey};
     use openssl::nid::Nid;
     use openssl::pkey::PKey;
@@ -204,11 +194,11 @@ mod tests {
         assert!(e.to_string().contains("vapid.pem"), "{e}");
         assert_eq!(vapid_public_key(&path).expect("untouched"), public);
 
-        let vapid = Vapid::load(&path, "mailto:ops@example.com".into()).expect("load");
-        let a = vapid.authorization("https://push.example").expect("sign");
-        let b = vapid.authorization("https://push.example").expect("cached");
-        let c = vapid.authorization("https://other.example").expect("sign");
-        assert_eq!(a, b);
+        let source = SecretSource::File(path);
+        let vapid =
+            Vapid::load(&source, dir.path(), "mailto:ops@example.com".into()).expect("load");
+        let a = vapid.sign("https://push.example").expect("sign");
+        let c = vapid.sign("https://other.example").expect("sign");
         assert_ne!(a, c);
         let text = a.to_str().expect("ascii");
         assert!(text.starts_with("vapid t="), "{text}");

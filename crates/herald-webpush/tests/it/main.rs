@@ -6,18 +6,33 @@ mod build;
 mod outcomes;
 mod payload;
 mod pool;
+mod privacy;
 mod ssrf;
+mod tls;
 mod vapid;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use herald_core::{
-    AppContext, Backend, BackendFactory, DeliveryError, Device, Notification, Outcome,
+    AppContext, Backend, BackendFactory, DeliveryError, Device, ErrorClass, Notification, Outcome,
 };
-use herald_testkit::fake_push::TestSubscription;
+use herald_testkit::fake_push::{FakePushService, Protocols, TestSubscription};
+use herald_testkit::tls::TestCa;
 use herald_webpush::{WebPushBackend, WebPushConfig};
 use serde_json::{json, Value};
+
+/// The test CA of this run: the fakes' certificates come from it, and backends trust it through
+/// `ca_file`.
+fn test_ca() -> &'static TestCa {
+    static CA: OnceLock<TestCa> = OnceLock::new();
+    CA.get_or_init(TestCa::new)
+}
+
+/// A fake push service over HTTPS (HTTP/2 and HTTP/1.1 by ALPN), as real push services are.
+async fn fake() -> FakePushService {
+    FakePushService::start_https(test_ca(), Protocols::Both).await
+}
 
 /// A built backend and the directory holding its VAPID key.
 struct Setup {
@@ -26,7 +41,8 @@ struct Setup {
 }
 
 impl Setup {
-    /// A backend whose key is created on first start and which may reach the fake on 127.0.0.1.
+    /// A backend whose key is created on first start, which trusts the test CA and may reach
+    /// fakes on 127.0.0.1.
     fn new() -> Self {
         Self::with(|_| {})
     }
@@ -35,7 +51,8 @@ impl Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = WebPushConfig::new("vapid.pem", "mailto:ops@example.org");
         config.create_vapid_key_if_missing = true;
-        config.allowed_endpoints = vec!["127.0.0.1:*".to_owned()];
+        config.allowed_endpoints = vec!["127.0.0.0/8".to_owned()];
+        config.ca_file = Some(test_ca().write_pem(dir.path()));
         adjust(&mut config);
         let backend = WebPushBackend::build(&app(dir.path()), config).expect("build backend");
         Setup { backend, dir }
@@ -59,6 +76,7 @@ fn app(dir: &Path) -> AppContext {
         app_id: "org.example.web".to_owned(),
         data_dir: dir.to_path_buf(),
         config_dir: dir.to_path_buf(),
+        check_only: false,
     }
 }
 
@@ -101,5 +119,15 @@ fn assert_dead(outcome: &Result<Outcome, DeliveryError>) -> String {
     match outcome {
         Ok(Outcome::TokenDead(reason)) => reason.clone(),
         other => panic!("expected TokenDead, got {other:?}"),
+    }
+}
+
+/// Asserts a "message refused" error (200, not rejected) with this reason code.
+fn assert_refused_with(outcome: &Result<Outcome, DeliveryError>, reason: &str) -> String {
+    match outcome {
+        Err(e) if e.class() == ErrorClass::MessageRefused && e.reason() == Some(reason) => {
+            e.message().to_owned()
+        }
+        other => panic!("expected message refused ({reason}), got {other:?}"),
     }
 }

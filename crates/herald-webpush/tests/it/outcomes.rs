@@ -3,16 +3,17 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use herald_core::{ErrorClass, Outcome};
-use herald_testkit::fake_push::{Answer, FakePushService};
+use herald_testkit::fake_push::{Answer, MismatchStyle};
 use serde_json::json;
 
-use crate::{device, device_with, message, Setup};
+use crate::{assert_refused_with, device, device_with, fake, message, Setup};
 
 #[tokio::test]
 async fn each_answer_maps_to_its_outcome() {
-    let fake = FakePushService::start().await;
+    let fake = fake().await;
     let setup = Setup::new();
-    let cases: [(Answer, Result<&str, ErrorClass>); 13] = [
+    // 401/403 are their own tests: after a 201 from the same origin they mean something else.
+    let cases: [(Answer, Result<&str, ErrorClass>); 11] = [
         (Answer::Status(201), Ok("delivered")),
         (Answer::Status(200), Ok("delivered")),
         (Answer::Status(202), Ok("delivered")),
@@ -23,8 +24,6 @@ async fn each_answer_maps_to_its_outcome() {
         (Answer::Status(503), Err(ErrorClass::Transient)),
         (Answer::Status(400), Err(ErrorClass::MessageRefused)),
         (Answer::Status(413), Err(ErrorClass::MessageRefused)),
-        (Answer::Status(401), Err(ErrorClass::CredentialsRefused)),
-        (Answer::Status(403), Err(ErrorClass::CredentialsRefused)),
         (Answer::Status(307), Err(ErrorClass::MessageRefused)),
     ];
     for (i, (answer, expected)) in cases.into_iter().enumerate() {
@@ -45,7 +44,7 @@ async fn each_answer_maps_to_its_outcome() {
             "{answer:?}: exactly one attempt, no redirect followed"
         );
         if let Err(e) = &outcome {
-            assert!(e.message().contains("127.0.0.1"), "names the origin: {e}");
+            assert!(e.message().contains("https://127.0.0.1"), "names the origin: {e}");
             assert!(!e.message().contains("/case/"), "never the endpoint path: {e}");
         }
     }
@@ -53,7 +52,7 @@ async fn each_answer_maps_to_its_outcome() {
 
 #[tokio::test]
 async fn retry_after_is_passed_on_in_seconds_and_dates() {
-    let fake = FakePushService::start().await;
+    let fake = fake().await;
     let sub = fake.subscribe("/push/a");
     let setup = Setup::new();
     let d = device(&sub, json!({}));
@@ -79,7 +78,7 @@ async fn retry_after_is_passed_on_in_seconds_and_dates() {
 
 #[tokio::test]
 async fn a_hanging_push_service_fails_within_the_request_timeout() {
-    let fake = FakePushService::start().await;
+    let fake = fake().await;
     let sub = fake.subscribe("/push/a");
     let setup = Setup::with(|c| c.request_timeout = Duration::from_millis(300));
     let d = device(&sub, json!({}));
@@ -95,7 +94,7 @@ async fn a_hanging_push_service_fails_within_the_request_timeout() {
 
 #[tokio::test]
 async fn a_reset_connection_or_closed_port_is_transient() {
-    let fake = FakePushService::start().await;
+    let fake = fake().await;
     let sub = fake.subscribe("/push/a");
     let setup = Setup::new();
     let d = device(&sub, json!({}));
@@ -119,16 +118,82 @@ async fn a_reset_connection_or_closed_port_is_transient() {
 }
 
 #[tokio::test]
-async fn a_subscription_made_with_another_vapid_key_is_a_credentials_problem() {
-    let fake = FakePushService::start().await;
-    let other = Setup::new();
-    let sub = fake.subscribe_restricted("/push/a", &other.public_key());
-    let d = device(&sub, json!({}));
-
+async fn a_huge_retry_after_is_capped_not_a_panic() {
+    let fake = fake().await;
+    let sub = fake.subscribe("/push/a");
     let setup = Setup::new();
-    let e = setup.deliver(&message("x"), &d).await.expect_err("403");
-    assert_eq!(e.class(), ErrorClass::CredentialsRefused, "{e}");
-    assert_eq!(fake.received("/push/a")[0].status, Some(403));
+    fake.script(
+        "/push/a",
+        [
+            Answer::StatusRetryAfter(503, "18446744073709551615".into()),
+            Answer::StatusRetryAfter(429, "99999999999999999999999".into()),
+        ],
+    );
+    let d = device(&sub, json!({}));
+    for _ in 0..2 {
+        let e = setup.deliver(&message("x"), &d).await.expect_err("transient");
+        assert_eq!(e.class(), ErrorClass::Transient);
+        assert_eq!(e.retry_after(), Some(herald_core::backend::MAX_RETRY_AFTER));
+    }
+}
 
-    assert_eq!(other.deliver(&message("x"), &d).await.expect("right key"), Outcome::Delivered);
+#[tokio::test]
+async fn vapid_refused_for_everyone_is_a_credentials_problem() {
+    let fake = fake().await;
+    let setup = Setup::new();
+    for status in [401, 403] {
+        let path = format!("/push/{status}");
+        let sub = fake.subscribe(&path);
+        fake.script(&path, [Answer::Status(status)]);
+        let e = setup.deliver(&message("x"), &device(&sub, json!({}))).await.expect_err("refused");
+        assert_eq!(e.class(), ErrorClass::CredentialsRefused, "{e}");
+        assert_eq!(e.reason(), Some("vapid_refused"));
+    }
+}
+
+#[tokio::test]
+async fn a_subscription_made_with_another_key_is_refused_while_others_accept_our_jwt() {
+    let fake = fake().await;
+    let other = Setup::new();
+    let stale = fake.subscribe_restricted("/push/stale", &other.public_key());
+    let fresh = fake.subscribe("/push/fresh");
+    let setup = Setup::new();
+
+    // No success on this origin yet: a bare 403 could be our key for everyone.
+    let e = setup.deliver(&message("x"), &device(&stale, json!({}))).await.expect_err("403");
+    assert_eq!(e.class(), ErrorClass::CredentialsRefused, "{e}");
+    assert_eq!(fake.received("/push/stale")[0].status, Some(403));
+
+    // Once the origin has accepted our JWT, the same 403 is that subscription's fault: the
+    // message is dropped (200, not rejected), and nothing is retried.
+    let ok = setup.deliver(&message("x"), &device(&fresh, json!({}))).await;
+    assert_eq!(ok.expect("fresh subscription"), Outcome::Delivered);
+    let outcome = setup.deliver(&message("x"), &device(&stale, json!({}))).await;
+    let text = assert_refused_with(&outcome, "vapid_mismatch");
+    assert!(text.contains("https://127.0.0.1") && !text.contains("/push/"), "{text}");
+    assert_eq!(fake.received("/push/stale").len(), 2);
+
+    // The subscription works with the key it was made with.
+    let right = other.deliver(&message("x"), &device(&stale, json!({}))).await;
+    assert_eq!(right.expect("right key"), Outcome::Delivered);
+}
+
+#[tokio::test]
+async fn fcm_and_autopush_mismatch_answers_are_recognised_without_a_recent_success() {
+    let fake = fake().await;
+    let other = Setup::new();
+    for (style, status) in [(MismatchStyle::Fcm, 403), (MismatchStyle::Autopush, 401)] {
+        let path = format!("/push/{style:?}");
+        let sub = fake.subscribe_restricted_as(&path, &other.public_key(), style);
+        // A fresh backend: the origin never accepted its JWT, so only the answer tells.
+        let setup = Setup::new();
+        let outcome = setup.deliver(&message("x"), &device(&sub, json!({}))).await;
+        let text = assert_refused_with(&outcome, "vapid_mismatch");
+        assert_eq!(fake.received(&path)[0].status, Some(status));
+        // Neither answer's text (FCM's echoes the endpoint) is repeated.
+        assert!(!text.contains(&path) && !text.contains("correspond"), "{text}");
+        if style == MismatchStyle::Autopush {
+            assert!(text.contains("errno 109"), "the parsed reason: {text}");
+        }
+    }
 }

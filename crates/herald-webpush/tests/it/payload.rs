@@ -1,14 +1,14 @@
 //! What arrives at the push service: payload JSON, headers, size limit, pusher options.
 
 use herald_core::Outcome;
-use herald_testkit::fake_push::FakePushService;
+use herald_webpush::{BadgeUrgency, Urgency};
 use serde_json::{json, Value};
 
-use crate::{assert_dead, device, device_with, message, notification, Setup};
+use crate::{assert_dead, device, device_with, fake, message, notification, Setup};
 
 #[tokio::test]
 async fn full_message_payload_and_headers() {
-    let fake = FakePushService::start().await;
+    let fake = fake().await;
     let sub = fake.subscribe("/push/a");
     let setup = Setup::new();
     let outcome = setup.deliver(&message("Hello"), &device(&sub, json!({}))).await;
@@ -37,7 +37,7 @@ async fn full_message_payload_and_headers() {
 
 #[tokio::test]
 async fn event_id_only_badge_only_and_invite_payloads() {
-    let fake = FakePushService::start().await;
+    let fake = fake().await;
     let sub = fake.subscribe("/push/a");
     let setup = Setup::new();
     let d = device(&sub, json!({}));
@@ -78,7 +78,7 @@ async fn event_id_only_badge_only_and_invite_payloads() {
 
 #[tokio::test]
 async fn default_payload_is_merged_under_the_event_fields() {
-    let fake = FakePushService::start().await;
+    let fake = fake().await;
     let sub = fake.subscribe("/push/a");
     let setup = Setup::new();
     let d = device(
@@ -95,7 +95,7 @@ async fn default_payload_is_merged_under_the_event_fields() {
 
 #[tokio::test]
 async fn events_only_skips_badge_updates() {
-    let fake = FakePushService::start().await;
+    let fake = fake().await;
     let sub = fake.subscribe("/push/a");
     let setup = Setup::new();
     let d = device(&sub, json!({"events_only": true}));
@@ -111,7 +111,7 @@ async fn events_only_skips_badge_updates() {
 
 #[tokio::test]
 async fn topic_per_room_with_only_last_per_room() {
-    let fake = FakePushService::start().await;
+    let fake = fake().await;
     let sub = fake.subscribe("/push/a");
     let setup = Setup::new();
     let plain = device(&sub, json!({}));
@@ -136,7 +136,7 @@ async fn topic_per_room_with_only_last_per_room() {
 
 #[tokio::test]
 async fn urgency_follows_prio_and_config() {
-    let fake = FakePushService::start().await;
+    let fake = fake().await;
     let sub = fake.subscribe("/push/a");
     let d = device(&sub, json!({}));
     let low = notification(json!({"event_id": "$l", "room_id": "!r", "prio": "low"}));
@@ -144,7 +144,7 @@ async fn urgency_follows_prio_and_config() {
     let normal = Setup::new();
     normal.deliver(&low, &d).await.expect("delivered");
     let high = Setup::with(|c| {
-        c.urgency = herald_webpush::Urgency::High;
+        c.urgency = Urgency::High;
         c.ttl = std::time::Duration::from_secs(60);
     });
     high.deliver(&message("x"), &d).await.expect("delivered");
@@ -157,8 +157,116 @@ async fn urgency_follows_prio_and_config() {
 }
 
 #[tokio::test]
+async fn badge_only_updates_go_out_with_low_urgency_unless_configured() {
+    let fake = fake().await;
+    let sub = fake.subscribe("/push/a");
+    let d = device(&sub, json!({}));
+    // Badge-only: no event, prio high (the default) as Synapse sends it after a read receipt.
+    let badge = notification(json!({"counts": {"unread": 0}, "prio": "high"}));
+
+    let high = Setup::with(|c| c.urgency = Urgency::High);
+    high.deliver(&badge, &d).await.expect("delivered");
+    high.deliver(&message("x"), &d).await.expect("delivered");
+    let explicit = Setup::with(|c| {
+        c.urgency = Urgency::High;
+        c.badge_urgency = BadgeUrgency::VeryLow;
+    });
+    explicit.deliver(&badge, &d).await.expect("delivered");
+    let loud = Setup::with(|c| c.badge_urgency = BadgeUrgency::High);
+    loud.deliver(&badge, &d).await.expect("delivered");
+
+    let urgency: Vec<String> = fake
+        .received("/push/a")
+        .iter()
+        .map(|r| r.header("urgency").unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(urgency, ["low", "high", "very-low", "high"]);
+}
+
+/// An encrypted event as Synapse sends it (`content` of an `m.room.encrypted` event).
+fn encrypted(ciphertext_len: usize) -> herald_core::Notification {
+    notification(json!({
+        "event_id": "$enc", "room_id": "!room:example.org", "type": "m.room.encrypted",
+        "sender": "@alice:example.org", "sender_display_name": "Alice", "prio": "high",
+        "content": {
+            "algorithm": "m.megolm.v1.aes-sha2", "sender_key": "c0vJm6Cu9HFbAsWb8sBK/pn4jUPDZuA",
+            "session_id": "ZgfmOyMy9cWqnBJsI4T1uXzg3nW6Xb8YQ0x8Y3V8o0", "device_id": "ABCDEFGHIJ",
+            "ciphertext": "A".repeat(ciphertext_len)
+        },
+        "counts": {"unread": 4}
+    }))
+}
+
+#[tokio::test]
+async fn an_encrypted_event_too_large_keeps_its_session_fields() {
+    let fake = fake().await;
+    let sub = fake.subscribe("/push/a");
+    let setup = Setup::new();
+    let d = device(&sub, json!({}));
+    setup.deliver(&encrypted(200), &d).await.expect("small: unchanged");
+    setup.deliver(&encrypted(6000), &d).await.expect("large: ciphertext dropped");
+
+    let got = fake.received("/push/a");
+    assert_eq!(got[0].payload.as_ref().expect("json")["content"]["ciphertext"], "A".repeat(200));
+    let push = &got[1];
+    assert!(push.body_len <= 4096, "{}", push.body_len);
+    // Golden plaintext: everything but the ciphertext, byte for byte.
+    let plaintext = String::from_utf8(push.plaintext.clone().expect("decrypted")).expect("utf-8");
+    assert_eq!(
+        plaintext,
+        concat!(
+            r#"{"content":{"algorithm":"m.megolm.v1.aes-sha2","device_id":"ABCDEFGHIJ","#,
+            r#""sender_key":"c0vJm6Cu9HFbAsWb8sBK/pn4jUPDZuA","#,
+            r#""session_id":"ZgfmOyMy9cWqnBJsI4T1uXzg3nW6Xb8YQ0x8Y3V8o0"},"#,
+            r#""event_id":"$enc","room_id":"!room:example.org","sender":"@alice:example.org","#,
+            r#""sender_display_name":"Alice","type":"m.room.encrypted","unread":4}"#
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_huge_default_payload_keeps_the_sender_and_the_keys_that_fit() {
+    let fake = fake().await;
+    let sub = fake.subscribe("/push/a");
+    let setup = Setup::new();
+    let d = device(
+        &sub,
+        json!({"default_payload": {
+            "session_id": "web-1", "cs_token": "t0k", "blob": "b".repeat(3900),
+            "bigger_blob": "c".repeat(4000), "settings": {"sound": true}
+        }}),
+    );
+    setup.deliver(&message("Hello"), &d).await.expect("delivered");
+    let push = fake.received("/push/a").pop().expect("received");
+    assert!(push.body_len <= 4096, "{}", push.body_len);
+    let plaintext = String::from_utf8(push.plaintext.expect("decrypted")).expect("utf-8");
+    // Golden plaintext: ids, counts, sender, and the small default_payload keys; the two blobs
+    // went, the largest first, and the room's names and content with them.
+    assert_eq!(
+        plaintext,
+        concat!(
+            r#"{"cs_token":"t0k","event_id":"$ev1","missed_calls":1,"room_id":"!room:example.org","#,
+            r#""sender":"@alice:example.org","sender_display_name":"Alice","session_id":"web-1","#,
+            r#""settings":{"sound":true},"unread":3}"#
+        )
+    );
+
+    // One blob alone fits once the content is gone: the smaller one stays.
+    let d = device(
+        &sub,
+        json!({"default_payload": {"session_id": "web-1", "blob": "b".repeat(3000),
+            "bigger_blob": "c".repeat(3500)}}),
+    );
+    setup.deliver(&message("Hello"), &d).await.expect("delivered");
+    let payload = fake.received("/push/a").pop().expect("received").payload.expect("json");
+    assert_eq!(payload["blob"], "b".repeat(3000));
+    assert_eq!(payload["session_id"], "web-1");
+    assert!(payload.get("bigger_blob").is_none() && payload.get("content").is_none());
+}
+
+#[tokio::test]
 async fn a_10kb_message_is_cut_to_fit_and_decrypts() {
-    let fake = FakePushService::start().await;
+    let fake = fake().await;
     let sub = fake.subscribe("/push/a");
     let d = device(&sub, json!({}));
     // Multi-byte characters and characters JSON escapes, so the cut must respect both.
@@ -186,7 +294,7 @@ async fn a_10kb_message_is_cut_to_fit_and_decrypts() {
 
 #[tokio::test]
 async fn padded_keys_are_accepted() {
-    let fake = FakePushService::start().await;
+    let fake = fake().await;
     let sub = fake.subscribe("/push/a");
     let setup = Setup::new();
     let d = device_with(
@@ -200,7 +308,7 @@ async fn padded_keys_are_accepted() {
 
 #[tokio::test]
 async fn malformed_subscriptions_are_rejected_without_sending() {
-    let fake = FakePushService::start().await;
+    let fake = fake().await;
     let sub = fake.subscribe("/push/a");
     let setup = Setup::new();
     let cases = [

@@ -3,14 +3,13 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use herald_core::Outcome;
-use herald_testkit::fake_push::FakePushService;
 use serde_json::json;
 
-use crate::{device, message, Setup};
+use crate::{device, fake, message, Setup};
 
 #[tokio::test]
 async fn the_jwt_is_valid_and_reused_across_many_sends() {
-    let fake = FakePushService::start().await;
+    let fake = fake().await;
     let sub = fake.subscribe("/push/a");
     let setup = Setup::new();
     let d = device(&sub, json!({}));
@@ -40,8 +39,8 @@ async fn the_jwt_is_valid_and_reused_across_many_sends() {
 
 #[tokio::test]
 async fn each_origin_gets_its_own_audience() {
-    let a = FakePushService::start().await;
-    let b = FakePushService::start().await;
+    let a = fake().await;
+    let b = fake().await;
     let setup = Setup::new();
     let sub_a = a.subscribe("/p");
     let sub_b = b.subscribe("/p");
