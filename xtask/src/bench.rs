@@ -180,6 +180,8 @@ pub(crate) struct Outcome {
     pub(crate) rss_peak: u64,
     /// `VmHWM` at the end (includes start-up and warm-up), bytes.
     pub(crate) rss_hwm: u64,
+    /// Largest size of the dedup store's write-ahead log sampled during the measured run, bytes.
+    pub(crate) wal_peak: u64,
     /// What the server under test used during the measured run.
     pub(crate) usage: Usage,
     /// What the fake push service used during the measured run.
@@ -207,6 +209,22 @@ impl Outcome {
         self.measured.errors() + self.problems.len() as u64
     }
 
+    /// Notifications the server handled during the measured run: its device outcomes, or wrk's
+    /// request count where it has none (the ceiling).
+    pub(crate) fn notifications(&self) -> u64 {
+        let counted: u64 = self.herald_outcomes.values().sum();
+        if counted > 0 {
+            counted
+        } else {
+            self.measured.requests
+        }
+    }
+
+    /// Bytes the server wrote to storage per notification during the measured run.
+    pub(crate) fn written_per_notification(&self) -> f64 {
+        self.usage.write_bytes as f64 / self.notifications().max(1) as f64
+    }
+
     /// CPU of the server under test, % of one core.
     pub(crate) fn cpu_percent(&self) -> f64 {
         (self.usage.user + self.usage.system) * 100.0 / self.wall.max(1e-9)
@@ -217,6 +235,7 @@ impl Outcome {
 struct Measurement {
     measured: Measured,
     rss_peak: u64,
+    wal_peak: u64,
     usage: Usage,
     upstream_usage: Usage,
     wall: f64,
@@ -390,7 +409,7 @@ fn ceiling(bench: &Bench) -> Result<Outcome, String> {
         bench.wrk(&load, "ceiling.warmup.txt")?;
     }
     let load = bench.load(addr, Body::Unique, "c", bench.options.duration);
-    let m = measure(bench, proc.pid(), &load, "ceiling.wrk.txt", None)?;
+    let m = measure(bench, proc.pid(), &load, "ceiling.wrk.txt", None, None)?;
     let rss_hwm = procs::status_kb(proc.pid(), "VmHWM").unwrap_or(0);
     proc.stop(Duration::from_secs(2));
     Ok(Outcome {
@@ -399,6 +418,7 @@ fn ceiling(bench: &Bench) -> Result<Outcome, String> {
         measured: m.measured,
         rss_peak: m.rss_peak,
         rss_hwm,
+        wal_peak: m.wal_peak,
         usage: m.usage,
         upstream_usage: m.upstream_usage,
         wall: m.wall,
@@ -412,17 +432,19 @@ fn ceiling(bench: &Bench) -> Result<Outcome, String> {
     })
 }
 
-/// Runs wrk against `pid`'s server while sampling its memory and CPU (and the upstream's CPU);
-/// with `profile`, `perf` records the server meanwhile into `target/bench/perf-<profile>.*`.
+/// Runs wrk against `pid`'s server while sampling its memory, CPU and bytes written (and the
+/// upstream's CPU), and the size of the file `wal` if given; with `profile`, `perf` records the
+/// server meanwhile into `target/bench/perf-<profile>.*`.
 fn measure(
     bench: &Bench,
     pid: u32,
     load: &Load<'_>,
     log: &str,
     profile: Option<&str>,
+    wal: Option<PathBuf>,
 ) -> Result<Measurement, String> {
     let upstream_pid = bench.upstream.proc.pid();
-    let sampler = RssSampler::new(pid);
+    let sampler = RssSampler::new(pid, wal);
     let before = Usage::of(pid, bench.ticks);
     let upstream_before = Usage::of(upstream_pid, bench.ticks);
     let load_before = procs::waited_children_cpu(bench.ticks);
@@ -441,12 +463,13 @@ fn measure(
         if let Some(profiler) = profiler {
             finish_perf(profiler);
         }
-        let rss_peak = sampling.join().unwrap_or(0);
+        let peaks = sampling.join().unwrap_or_default();
         let ours = usage.user + usage.system + upstream_usage.user + upstream_usage.system;
         let other_cpu = (machine - ours - load_cpu).max(0.0);
         result.map(|measured| Measurement {
             measured,
-            rss_peak,
+            rss_peak: peaks.rss,
+            wal_peak: peaks.file,
             usage,
             upstream_usage,
             wall: seconds,
@@ -520,7 +543,9 @@ fn herald_scenario(bench: &Bench, kind: Kind) -> Result<Outcome, String> {
     let pushes_before = bench.upstream.pushes()?;
     let load = bench.load(addr, body, &tag, options.duration);
     let profile = options.perf.then_some(kind.name());
-    let m = measure(bench, herald.pid(), &load, &format!("{}.wrk.txt", kind.name()), profile)?;
+    let wal = data.join("herald.db-wal");
+    let log_name = format!("{}.wrk.txt", kind.name());
+    let m = measure(bench, herald.pid(), &load, &log_name, profile, Some(wal))?;
     let measured = m.measured;
     wait_idle(addr);
     let upstream_pushes = bench.upstream.pushes()? - pushes_before;
@@ -560,6 +585,7 @@ fn herald_scenario(bench: &Bench, kind: Kind) -> Result<Outcome, String> {
         measured,
         rss_peak: m.rss_peak,
         rss_hwm,
+        wal_peak: m.wal_peak,
         usage: m.usage,
         upstream_usage: m.upstream_usage,
         wall: m.wall,

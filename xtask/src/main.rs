@@ -1,6 +1,7 @@
 //! Project chores, run as `cargo xtask <task>` (alias in `.cargo/config.toml`).
 //!
-//! - `ci`: what CI runs: format check, clippy with warnings denied, every test.
+//! - `ci`: what CI runs: format check, clippy with warnings denied, every test; then clippy and
+//!   the tests of `herald-server` without default features (no backend but `log`).
 //! - `bench [--quick]`: the end-to-end benchmark (see `docs/performance.md`).
 
 mod bench;
@@ -43,5 +44,11 @@ fn ci() -> Result<(), String> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     cargo(&["test", "--workspace"])?;
+    // The server with no optional backend (only `log`): each backend is a Cargo feature, and
+    // nothing else notices when code or tests start to need one. Same target dir, so only
+    // herald-server and what its features change are rebuilt.
+    let bare = ["-p", "herald-server", "--no-default-features"];
+    cargo(&[&["clippy"], &bare[..], &["--all-targets", "--", "-D", "warnings"]].concat())?;
+    cargo(&[&["test"], &bare[..]].concat())?;
     Ok(())
 }

@@ -37,6 +37,10 @@ pub struct Config {
     /// The directory of the configuration file, for resolving relative paths in backend sections.
     #[serde(skip)]
     pub config_dir: PathBuf,
+    /// `HERALD_*` environment variables that name no configuration key and were ignored; logged
+    /// (names only) at DEBUG once logging is set up.
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
 }
 
 /// `[server]`.
@@ -59,6 +63,9 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// Most client connections open at once; unset = derived from the file-descriptor limit
+    /// (see [`crate::connections::default_max_connections`]).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +77,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(25),
+            max_connections: None,
         }
     }
 }
@@ -119,6 +127,11 @@ pub struct DeliveryConfig {
     pub max_backoff: Duration,
     /// Default cap on concurrent upstream calls per app (an app may set `max_concurrency`).
     pub max_concurrency_per_app: usize,
+    /// Device deliveries in progress at once, across all requests; a device waits (within its
+    /// request's deadline) for room. Bounds the memory a burst of big requests can take.
+    pub max_in_flight_devices: usize,
+    /// Device deliveries in progress at once within one request; the others are not started yet.
+    pub max_in_flight_devices_per_request: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -128,6 +141,8 @@ impl Default for DeliveryConfig {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
             max_concurrency_per_app: 512,
+            max_in_flight_devices: 4096,
+            max_in_flight_devices_per_request: 64,
         }
     }
 }
@@ -189,7 +204,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
-        apply_env_overrides(&mut table, env)?;
+        let ignored_env = apply_env_overrides(&mut table, env)?;
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let path = e.path().to_string();
@@ -200,8 +215,17 @@ impl Config {
                 }
             })?;
         config.config_dir = config_dir;
+        config.ignored_env = ignored_env;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Logs (DEBUG) the `HERALD_*` variables that configure nothing; names only, as values may
+    /// be secrets. Call once logging is set up.
+    pub fn log_ignored_env(&self) {
+        for name in &self.ignored_env {
+            tracing::debug!(variable = %name, "ignoring environment variable: no such configuration key");
+        }
     }
 
     /// The store URL, with the default filled in.
@@ -220,6 +244,7 @@ impl Config {
                     .into(),
             ));
         }
+        self.validate_bounds()?;
         if s.body_limit < 1024 {
             return Err(ConfigError("`server.body_limit` must be at least 1024 bytes".into()));
         }
@@ -230,6 +255,17 @@ impl Config {
             return Err(ConfigError(
                 "`delivery.max_concurrency_per_app` must be at least 1".into(),
             ));
+        }
+        if self.delivery.max_in_flight_devices == 0 {
+            return Err(ConfigError("`delivery.max_in_flight_devices` must be at least 1".into()));
+        }
+        if self.delivery.max_in_flight_devices_per_request == 0 {
+            return Err(ConfigError(
+                "`delivery.max_in_flight_devices_per_request` must be at least 1".into(),
+            ));
+        }
+        if self.server.max_connections == Some(0) {
+            return Err(ConfigError("`server.max_connections` must be at least 1".into()));
         }
         if self.store.ttl < Duration::from_secs(60) {
             return Err(ConfigError("`store.ttl` must be at least 1m".into()));
@@ -268,6 +304,167 @@ impl Config {
     }
 }
 
+/// Upper bounds of the numeric keys: values past them are mistakes (or would exhaust memory or
+/// overflow a clock) rather than tuning. Documented in docs/configuration.md.
+pub mod limits {
+    use std::time::Duration;
+
+    /// `server.body_limit`: bodies are held in memory whole.
+    pub const MAX_BODY_LIMIT: usize = 16 << 20;
+    /// `server.header_read_timeout`, `server.body_read_timeout`.
+    pub const MAX_READ_TIMEOUT: Duration = Duration::from_secs(600);
+    /// `server.shutdown_grace`.
+    pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
+    /// `server.max_connections`: Linux's default ceiling on open files per process (`nr_open`).
+    pub const MAX_CONNECTIONS: usize = 1 << 20;
+    /// `store.ttl`.
+    pub const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
+    /// `store.prune_interval`.
+    pub const MIN_PRUNE_INTERVAL: Duration = Duration::from_millis(100);
+    /// `store.prune_interval`.
+    pub const MAX_PRUNE_INTERVAL: Duration = Duration::from_secs(7 * 86_400);
+    /// `store.recent_cache_entries`: about 60 bytes each, allocated at start, so about 600 MB.
+    pub const MAX_RECENT_CACHE_ENTRIES: usize = 10_000_000;
+    /// `delivery.max_attempts`.
+    pub const MAX_ATTEMPTS: u32 = 100;
+    /// `delivery.initial_backoff`, `delivery.max_backoff`: longer than any request deadline.
+    pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+    /// Concurrency caps and in-flight budgets (`delivery.max_concurrency_per_app`, an app's
+    /// `max_concurrency`, `delivery.max_in_flight_devices[_per_request]`).
+    pub const MAX_CONCURRENCY: usize = 1_000_000;
+}
+
+/// The levels a `log.level` directive may name.
+const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a `log.level` filter: comma-separated directives, each a level (`info`) or
+/// `target=level` (`herald_server=debug`). A bare word is refused although tracing would read it
+/// as "everything from target <word>": `level = "verbose"` must not silently mean something else.
+fn check_log_level(filter: &str) -> Result<(), String> {
+    if filter.trim().is_empty() {
+        return Err("must not be empty (e.g. \"info\")".into());
+    }
+    for directive in filter.split(',').map(str::trim) {
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.trim().is_empty() => level,
+            _ => directive,
+        };
+        if !LOG_LEVELS.contains(&level.trim().to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "`{directive}` is not a level ({}) or `target=level`",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder().parse(filter).map(drop).map_err(|e| e.to_string())
+}
+
+impl Config {
+    /// Zero, nonsensical and unallocatable values, each refused naming its key.
+    fn validate_bounds(&self) -> Result<(), ConfigError> {
+        use limits::*;
+        fn fail(key: &str, why: impl std::fmt::Display) -> Result<(), ConfigError> {
+            Err(ConfigError(format!("`{key}` {why}")))
+        }
+        fn range<T: PartialOrd + Copy>(
+            key: &str,
+            value: T,
+            min: T,
+            max: T,
+            show: impl Fn(&T) -> String,
+        ) -> Result<(), ConfigError> {
+            if value < min || value > max {
+                return fail(key, format!("must be between {} and {}", show(&min), show(&max)));
+            }
+            Ok(())
+        }
+        let d = |d: &Duration| herald_core::config::format_duration(*d);
+        let n = |n: &usize| n.to_string();
+        let ms = Duration::from_millis(1);
+        let (s, st, dl) = (&self.server, &self.store, &self.delivery);
+        range("server.body_limit", s.body_limit, 1024, MAX_BODY_LIMIT, n)?;
+        range("server.header_read_timeout", s.header_read_timeout, ms, MAX_READ_TIMEOUT, d)?;
+        range("server.body_read_timeout", s.body_read_timeout, ms, MAX_READ_TIMEOUT, d)?;
+        if s.shutdown_grace < s.request_deadline {
+            return fail(
+                "server.shutdown_grace",
+                format!(
+                    "({}) must be at least `server.request_deadline` ({}): deliveries in flight \
+                     at shutdown need that long to finish and be recorded",
+                    d(&s.shutdown_grace),
+                    d(&s.request_deadline)
+                ),
+            );
+        }
+        range("server.shutdown_grace", s.shutdown_grace, ms, MAX_SHUTDOWN_GRACE, d)?;
+        if let Some(max) = s.max_connections {
+            range("server.max_connections", max, 1, MAX_CONNECTIONS, n)?;
+        }
+        range("store.ttl", st.ttl, Duration::from_secs(60), MAX_TTL, d)?;
+        range(
+            "store.prune_interval",
+            st.prune_interval,
+            MIN_PRUNE_INTERVAL,
+            MAX_PRUNE_INTERVAL,
+            d,
+        )?;
+        range("store.max_batch", st.max_batch, 1, 4096, n)?;
+        range(
+            "store.recent_cache_entries",
+            st.recent_cache_entries,
+            0,
+            MAX_RECENT_CACHE_ENTRIES,
+            n,
+        )?;
+        if let Some(url) = &st.url {
+            if !url.starts_with("sqlite:") {
+                return fail(
+                    "store.url",
+                    format!("`{url}` is not supported by this build: use a sqlite:// URL"),
+                );
+            }
+        }
+        range("delivery.max_attempts", dl.max_attempts, 1, MAX_ATTEMPTS, |n| n.to_string())?;
+        range("delivery.initial_backoff", dl.initial_backoff, ms, MAX_BACKOFF, d)?;
+        if dl.max_backoff < dl.initial_backoff {
+            return fail(
+                "delivery.max_backoff",
+                format!(
+                    "({}) must be at least `delivery.initial_backoff` ({})",
+                    d(&dl.max_backoff),
+                    d(&dl.initial_backoff)
+                ),
+            );
+        }
+        range("delivery.max_backoff", dl.max_backoff, ms, MAX_BACKOFF, d)?;
+        range(
+            "delivery.max_concurrency_per_app",
+            dl.max_concurrency_per_app,
+            1,
+            MAX_CONCURRENCY,
+            n,
+        )?;
+        range("delivery.max_in_flight_devices", dl.max_in_flight_devices, 1, MAX_CONCURRENCY, n)?;
+        range(
+            "delivery.max_in_flight_devices_per_request",
+            dl.max_in_flight_devices_per_request,
+            1,
+            MAX_CONCURRENCY,
+            n,
+        )?;
+        for (app_id, table) in &self.apps {
+            if let Some(toml::Value::Integer(max)) = table.get("max_concurrency") {
+                let key = format!("apps.\"{app_id}\".max_concurrency");
+                range(&key, *max, 1, MAX_CONCURRENCY as i64, |n| n.to_string())?;
+            }
+        }
+        if let Err(why) = check_log_level(&self.log.level) {
+            return fail("log.level", why);
+        }
+        Ok(())
+    }
+}
+
 /// The server-owned keys of one app table, and the rest for the backend.
 #[derive(Debug, Clone)]
 pub struct AppSettings {
@@ -295,35 +492,102 @@ impl Config {
     }
 }
 
-/// `HERALD_SERVER__LISTEN=0.0.0.0:5000` sets `server.listen`; `__` separates levels. Values are
-/// read as TOML scalars when they parse as one (`5`, `true`), else as strings.
+/// `HERALD_SERVER__LISTEN=0.0.0.0:5000` sets `server.listen`; `__` separates the section from the
+/// key. Values are read as TOML scalars when they parse as one (`5`, `true`), else as strings.
+/// Only variables that name a known key are read: `HERALD_VERSION=1.2`, set for something else
+/// entirely, must not stop the gateway. The others are returned (names only) for a DEBUG log.
 fn apply_env_overrides(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<String>, ConfigError> {
+    let mut ignored = Vec::new();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
-        if ENV_RESERVED.contains(&name.as_str()) || rest.is_empty() {
+        if ENV_RESERVED.contains(&name.as_str()) {
             continue;
         }
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        let Some((section, key)) = env_key(&path) else {
+            ignored.push(name);
+            continue;
+        };
         let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
             .and_then(|mut t| t.remove("v"))
             .filter(|v| !v.is_table())
             .unwrap_or_else(|| toml::Value::String(raw.clone()));
-        let (last, parents) = path.split_last().unwrap_or((&path[0], &[]));
-        let mut node = &mut *table;
-        for key in parents {
-            let entry =
-                node.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            node = entry.as_table_mut().ok_or_else(|| {
-                ConfigError(format!("{name}: `{key}` is not a table in the configuration"))
-            })?;
-        }
-        node.insert(last.clone(), value);
+        let node = match section {
+            None => &mut *table,
+            Some(section) => table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| {
+                    ConfigError(format!("{name}: `{section}` is not a table in the configuration"))
+                })?,
+        };
+        node.insert(key.to_owned(), value);
     }
-    Ok(())
+    Ok(ignored)
+}
+
+/// The configuration key an environment path names, as (section, key), if it names one: a
+/// top-level scalar (`data_dir`) or a key of one of the sections. App tables are keyed by app_ids
+/// with dots, which variable names cannot spell.
+fn env_key(path: &[String]) -> Option<(Option<&'static str>, &'static str)> {
+    let sections: [(&'static str, &'static [&'static str]); 4] = [
+        ("server", field_names::<ServerConfig>()),
+        ("store", field_names::<StoreConfig>()),
+        ("delivery", field_names::<DeliveryConfig>()),
+        ("log", field_names::<LogConfig>()),
+    ];
+    match path {
+        [key] => field_names::<Config>()
+            .iter()
+            .find(|k| **k == key && **k != "apps" && sections.iter().all(|(s, _)| s != *k))
+            .map(|k| (None, *k)),
+        [section, key] => sections
+            .iter()
+            .find(|(s, _)| s == section)
+            .and_then(|(s, keys)| keys.iter().find(|k| **k == key).map(|k| (Some(*s), *k))),
+        _ => None,
+    }
+}
+
+/// The keys serde accepts for `T`: the field list its derived `Deserialize` hands to
+/// `deserialize_struct`, so the environment never needs a hand-kept copy of the key names.
+fn field_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    struct FieldNames<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for FieldNames<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("only the field names were wanted"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(FieldNames(&mut fields));
+    fields
 }
 
 #[cfg(test)]
@@ -388,5 +652,26 @@ mod tests {
         assert!(e.0.contains("apps"), "{e}");
         let e = load(MINIMAL, &[("HERALD_SERVER__REQUEST_DEADLINE", "90s")]).unwrap_err();
         assert!(e.0.contains("request_deadline"), "{e}");
+    }
+
+    #[test]
+    fn resource_bounds() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.server.max_connections, None, "derived from the file limit at start");
+        assert_eq!(c.delivery.max_in_flight_devices, 4096);
+        assert_eq!(c.delivery.max_in_flight_devices_per_request, 64);
+        for (key, env) in [
+            ("server.max_connections", "HERALD_SERVER__MAX_CONNECTIONS"),
+            ("delivery.max_in_flight_devices", "HERALD_DELIVERY__MAX_IN_FLIGHT_DEVICES"),
+            (
+                "delivery.max_in_flight_devices_per_request",
+                "HERALD_DELIVERY__MAX_IN_FLIGHT_DEVICES_PER_REQUEST",
+            ),
+        ] {
+            let e = load(MINIMAL, &[(env, "0")]).unwrap_err();
+            assert!(e.0.contains(key), "{e}");
+        }
+        let c = load(MINIMAL, &[("HERALD_SERVER__MAX_CONNECTIONS", "100")]).unwrap();
+        assert_eq!(c.server.max_connections, Some(100));
     }
 }

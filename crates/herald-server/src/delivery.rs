@@ -37,6 +37,14 @@ pub enum LayerError {
     Deadline,
 }
 
+/// What the attempts of one delivery went through, for the retry log line.
+#[derive(Default)]
+struct Tally {
+    attempts: u32,
+    /// The class of the last error that was retried.
+    last_error: Option<&'static str>,
+}
+
 /// Retry policy, from `[delivery]`.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -65,6 +73,11 @@ impl RetryPolicy {
     }
 
     /// Delivers through `app` with retries, never past `deadline`.
+    ///
+    /// A delivery that needed more than one attempt is logged at INFO however it ended (attempts,
+    /// total time, the class of the last error): at DEBUG, an upstream that answers slowly or
+    /// fails once in a while would otherwise be invisible. The error's class only — its message
+    /// can carry upstream text.
     pub async fn deliver(
         &self,
         app: &App,
@@ -72,9 +85,39 @@ impl RetryPolicy {
         device: &Device,
         deadline: Instant,
     ) -> Result<Outcome, LayerError> {
-        let mut attempt = 0;
+        let started = Instant::now();
+        let mut tally = Tally::default();
+        let result = self.attempts(app, notification, device, deadline, &mut tally).await;
+        if tally.attempts > 1 {
+            let outcome = match &result {
+                Ok(Outcome::Delivered) => "delivered",
+                Ok(Outcome::Skipped(_)) => "skipped",
+                Ok(Outcome::TokenDead(_)) => "token_dead",
+                Err(LayerError::Deadline) => "deadline",
+                Err(LayerError::Backend(e)) => e.class().as_str(),
+            };
+            tracing::info!(
+                attempts = tally.attempts,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                last_error = tally.last_error.unwrap_or("none"),
+                outcome,
+                "delivery needed retries"
+            );
+        }
+        result
+    }
+
+    async fn attempts(
+        &self,
+        app: &App,
+        notification: &Notification,
+        device: &Device,
+        deadline: Instant,
+        tally: &mut Tally,
+    ) -> Result<Outcome, LayerError> {
         loop {
-            attempt += 1;
+            tally.attempts += 1;
+            let attempt = tally.attempts;
             let result = {
                 let _permit = tokio::time::timeout_at(deadline, app.limiter.acquire())
                     .await
@@ -86,13 +129,18 @@ impl RetryPolicy {
                 app.metrics.upstream_seconds.observe(started.elapsed().as_secs_f64());
                 result.map_err(|_| LayerError::Deadline)?
             };
+            if let Err(e) = &result {
+                app.metrics.count_error(e.class().as_str(), e.reason());
+            }
             let error = match result {
                 Ok(outcome) => return Ok(outcome),
                 Err(e) if e.class() == ErrorClass::Transient && attempt < self.max_attempts => e,
                 Err(e) => return Err(LayerError::Backend(e)),
             };
+            tally.last_error = Some(error.class().as_str());
             let wait = error.retry_after().unwrap_or_else(|| self.backoff(attempt));
-            if Instant::now() + wait >= deadline {
+            // `checked_add`: a wait is bounded (MAX_RETRY_AFTER) but never trusted to fit an Instant.
+            if Instant::now().checked_add(wait).is_none_or(|at| at >= deadline) {
                 // The upstream asked for (or backoff needs) more time than is left: answer now
                 // and let the homeserver's own retry come back later.
                 return Err(LayerError::Backend(error));
@@ -107,6 +155,98 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    use herald_testkit::scripted::{ScriptedBackend, Step};
+    use tracing_subscriber::fmt::MakeWriter;
+
+    /// Log lines written by a scoped subscriber (this thread only).
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    impl Captured {
+        fn lines(&self) -> Vec<serde_json::Value> {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn retried_deliveries_are_logged_at_info() {
+        let logs = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(logs.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let backend = ScriptedBackend::new();
+        backend.script("secret-pushkey-1", [Step::Transient(None), Step::Deliver]);
+        backend.script("secret-pushkey-2", vec![Step::Transient(None); 3]);
+        let app = App {
+            key: "app".into(),
+            kind: "scripted".into(),
+            backend: Arc::new(backend.clone()),
+            limiter: Semaphore::new(4),
+            metrics: crate::metrics::Metrics::new().app("app"),
+        };
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+        };
+        let deliver = |pushkey: &str| {
+            let body = herald_testkit::notify::message("$e", "app", pushkey);
+            let n = herald_core::NotifyRequest::from_slice(body.to_string().as_bytes())
+                .unwrap()
+                .notification;
+            let (app, policy) = (&app, &policy);
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                policy.deliver(app, &n, &n.devices[0], deadline).await
+            }
+        };
+
+        // First time right: nothing at INFO.
+        assert!(matches!(deliver("first-time").await, Ok(Outcome::Delivered)));
+        assert!(logs.lines().is_empty(), "{:?}", logs.lines());
+
+        assert!(matches!(deliver("secret-pushkey-1").await, Ok(Outcome::Delivered)));
+        assert!(matches!(deliver("secret-pushkey-2").await, Err(LayerError::Backend(_))));
+        let lines = logs.lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        for (line, attempts, outcome) in [(&lines[0], 2, "delivered"), (&lines[1], 3, "transient")]
+        {
+            assert_eq!(line["level"], "INFO", "{line}");
+            assert_eq!(line["message"], "delivery needed retries", "{line}");
+            assert_eq!(line["attempts"], attempts, "{line}");
+            assert_eq!(line["outcome"], outcome, "{line}");
+            assert_eq!(line["last_error"], "transient", "{line}");
+            assert!(line["elapsed_ms"].is_u64(), "{line}");
+        }
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("secret-pushkey"), "pushkeys are never logged: {text}");
+        assert!(!text.contains("scripted: 503"), "upstream text is never logged: {text}");
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -1,12 +1,21 @@
 //! The notify data path after parsing: for each device, route by app_id → dedup claim → deliver
 //! through the [`delivery`](crate::delivery) layer → record → collect `rejected`; then decide the
 //! HTTP answer per domain.md §2 (200 + rejected, or a 5xx only when a homeserver retry can help).
+//!
+//! Work in flight is bounded twice, so a burst of big requests cannot take unbounded memory: one
+//! request runs at most `delivery.max_in_flight_devices_per_request` devices at a time (the others
+//! are not even created yet), and all requests together at most `delivery.max_in_flight_devices`
+//! (a device waits for room until its request's deadline, then counts as `failed_overloaded`).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use herald_core::redact::PushkeyHash;
 use herald_core::{AppRouter, Device, ErrorClass, Notification, Outcome};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::claims::{wait_for_owner, Claim, Claims};
@@ -30,6 +39,8 @@ enum DeviceResult {
 pub enum Failure {
     /// The dedup store is unavailable (503).
     Store,
+    /// The gateway had no room for the device before the deadline (503).
+    Overloaded,
     /// The request deadline passed (504).
     Deadline,
     /// The upstream refused Herald's credentials (502; an operator must act).
@@ -42,7 +53,7 @@ impl Failure {
     /// The HTTP status for the homeserver.
     pub fn status(self) -> u16 {
         match self {
-            Failure::Store => 503,
+            Failure::Store | Failure::Overloaded => 503,
             Failure::Deadline => 504,
             Failure::CredentialsRefused | Failure::Transient => 502,
         }
@@ -52,6 +63,7 @@ impl Failure {
     pub fn message(self) -> &'static str {
         match self {
             Failure::Store => "dedup store unavailable; retry later",
+            Failure::Overloaded => "gateway busy: too many deliveries in progress; retry later",
             Failure::Deadline => "delivery did not finish within the deadline; retry later",
             Failure::CredentialsRefused => {
                 "upstream refused the gateway's credentials; retry later"
@@ -70,6 +82,31 @@ pub enum Answer {
     Failed(Failure),
 }
 
+/// How much delivery work may be in flight, from `[delivery]`.
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchLimits {
+    /// Devices in flight across all requests.
+    pub max_in_flight_devices: usize,
+    /// Devices in flight within one request.
+    pub max_in_flight_devices_per_request: usize,
+}
+
+impl DispatchLimits {
+    /// From `[delivery]`.
+    pub fn from_config(config: &crate::config::DeliveryConfig) -> Self {
+        DispatchLimits {
+            max_in_flight_devices: config.max_in_flight_devices,
+            max_in_flight_devices_per_request: config.max_in_flight_devices_per_request,
+        }
+    }
+}
+
+impl Default for DispatchLimits {
+    fn default() -> Self {
+        DispatchLimits { max_in_flight_devices: 4096, max_in_flight_devices_per_request: 64 }
+    }
+}
+
 /// Routes and delivers notifications; shared by all requests.
 pub struct Dispatcher {
     router: AppRouter<Arc<App>>,
@@ -78,6 +115,11 @@ pub struct Dispatcher {
     policy: RetryPolicy,
     unknown_app: AppMetrics,
     store_metrics: StoreMetrics,
+    /// The global budget of devices in flight (FIFO, so big requests interleave fairly).
+    budget: Semaphore,
+    per_request: usize,
+    /// Notify dispatches running as tasks of their own; shutdown waits for them.
+    tasks: TaskTracker,
 }
 
 impl Dispatcher {
@@ -89,7 +131,25 @@ impl Dispatcher {
         unknown_app: AppMetrics,
         store_metrics: StoreMetrics,
     ) -> Self {
-        Dispatcher { router, store, claims: Claims::default(), policy, unknown_app, store_metrics }
+        let limits = DispatchLimits::default();
+        Dispatcher {
+            router,
+            store,
+            claims: Claims::default(),
+            policy,
+            unknown_app,
+            store_metrics,
+            budget: Semaphore::new(limits.max_in_flight_devices),
+            per_request: limits.max_in_flight_devices_per_request,
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Replaces the default in-flight limits.
+    pub fn with_limits(mut self, limits: DispatchLimits) -> Self {
+        self.budget = Semaphore::new(limits.max_in_flight_devices.max(1));
+        self.per_request = limits.max_in_flight_devices_per_request.max(1);
+        self
     }
 
     /// The dedup store.
@@ -97,38 +157,70 @@ impl Dispatcher {
         &self.store
     }
 
-    /// Delivers to every device concurrently and decides the answer.
+    /// Where notify handlers spawn their dispatch, so that shutdown can wait for every one
+    /// before it closes the store.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// Delivers to every device (a bounded number at a time) and decides the answer.
     pub async fn notify(&self, notification: &Notification, deadline: Instant) -> Answer {
         let devices = &notification.devices;
-        let results: Vec<DeviceResult> = if devices.len() == 1 {
-            // Synapse's case: one device per request; skip the join machinery.
-            vec![self.device(notification, &devices[0], deadline).await]
-        } else {
-            futures_util::future::join_all(
-                devices.iter().map(|d| self.device(notification, d, deadline)),
-            )
-            .await
+        let mut failure: Option<Failure> = None;
+        let mut merge = |result: &DeviceResult| {
+            if let DeviceResult::Failed(f) = *result {
+                failure = Some(failure.map_or(f, |g| g.min(f)));
+            }
         };
         let mut rejected = Vec::new();
-        let mut failure: Option<Failure> = None;
-        for (device, result) in devices.iter().zip(results) {
-            match result {
-                DeviceResult::Rejected => {
-                    if !rejected.contains(&device.pushkey) {
-                        rejected.push(device.pushkey.clone());
-                    }
-                }
-                DeviceResult::Failed(f) => failure = Some(failure.map_or(f, |g| g.min(f))),
-                DeviceResult::Delivered
-                | DeviceResult::Skipped
-                | DeviceResult::Duplicate
-                | DeviceResult::MessageRefused => {}
+        if let [device] = devices.as_slice() {
+            // Synapse's case: one device per request; no stream machinery.
+            let result = self.device(notification, device, deadline).await;
+            merge(&result);
+            if matches!(result, DeviceResult::Rejected) {
+                rejected.push(device.pushkey.clone());
             }
+        } else {
+            // Futures are created lazily, `per_request` at a time, so a request's memory does
+            // not grow with its device count; results are only a flag per device.
+            let mut is_rejected = vec![false; devices.len()];
+            // Indices, not `&Device`s, into the closure: a reference argument makes the future
+            // generic over its lifetime, which `tokio::spawn`'s `Send` check cannot prove.
+            let mut results = futures_util::stream::iter(0..devices.len())
+                .map(|i| async move { (i, self.device(notification, &devices[i], deadline).await) })
+                .buffer_unordered(self.per_request);
+            while let Some((i, result)) = results.next().await {
+                merge(&result);
+                is_rejected[i] = matches!(result, DeviceResult::Rejected);
+            }
+            // In request order, each pushkey once.
+            let mut seen = HashSet::new();
+            for (device, _) in devices.iter().zip(is_rejected).filter(|(_, r)| *r) {
+                if seen.insert(device.pushkey.as_str()) {
+                    rejected.push(device.pushkey.clone());
+                }
+            }
+        }
+        if failure == Some(Failure::Overloaded) {
+            // Once per request, not per device: a big request would flood the log.
+            tracing::warn!(
+                "devices found no room before the deadline (delivery.max_in_flight_devices): 503"
+            );
         }
         match failure {
             Some(f) => Answer::Failed(f),
             None => Answer::Rejected(rejected),
         }
+    }
+
+    /// Waits for room in the global budget, but not past `deadline`. `None`: the deadline
+    /// passed while waiting (room that frees up only at the deadline is no use either).
+    async fn room(&self, deadline: Instant) -> Option<SemaphorePermit<'_>> {
+        if let Ok(permit) = self.budget.try_acquire() {
+            return Some(permit);
+        }
+        let permit = tokio::time::timeout_at(deadline, self.budget.acquire()).await.ok()?.ok()?;
+        (Instant::now() < deadline).then_some(permit)
     }
 
     async fn device(&self, n: &Notification, device: &Device, deadline: Instant) -> DeviceResult {
@@ -140,6 +232,16 @@ impl Dispatcher {
                 "unknown app_id: pushkey rejected"
             );
             return DeviceResult::Rejected;
+        };
+        if Instant::now() >= deadline {
+            // A device of a big request whose turn came only after the deadline.
+            app.metrics.count("failed_deadline");
+            return DeviceResult::Failed(Failure::Deadline);
+        }
+        // Held until the device is done (claimed, delivered, recorded).
+        let Some(_room) = self.room(deadline).await else {
+            app.metrics.count("failed_overloaded");
+            return DeviceResult::Failed(Failure::Overloaded);
         };
         let span = tracing::info_span!(
             "device",
@@ -164,6 +266,7 @@ impl Dispatcher {
             DeviceResult::Failed(Failure::CredentialsRefused) => "failed_credentials_refused",
             DeviceResult::Failed(Failure::Deadline) => "failed_deadline",
             DeviceResult::Failed(Failure::Store) => "failed_store",
+            DeviceResult::Failed(Failure::Overloaded) => "failed_overloaded",
         });
         result
     }

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::dispatch::{Answer, Dispatcher};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Route};
 
 /// The notify path of the Push Gateway API.
 pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
@@ -136,6 +136,9 @@ async fn notify(State(state): State<Arc<AppState>>, request: Request) -> Respons
             return parse_error_response(&e);
         }
     };
+    // The parsed request holds what is needed; the raw body (up to `body_limit`) need not live
+    // for the whole delivery: under a burst of big requests that is most of the memory.
+    drop(body);
     if notification.devices.is_empty() {
         return rejected_response(&[]);
     }
@@ -148,9 +151,11 @@ async fn notify(State(state): State<Arc<AppState>>, request: Request) -> Respons
     let dispatcher = state.dispatcher.clone();
     // A task of its own, so a homeserver that hangs up mid-delivery cannot cancel it halfway
     // between "sent upstream" and "recorded": the retry it will send must find the record.
-    let task = tokio::spawn(
-        async move { dispatcher.notify(&notification, deadline).await }.instrument(span),
-    );
+    // Tracked, so that shutdown waits for it before closing the store.
+    let task = state
+        .dispatcher
+        .tasks()
+        .spawn(async move { dispatcher.notify(&notification, deadline).await }.instrument(span));
     match task.await {
         Ok(Answer::Rejected(rejected)) => rejected_response(&rejected),
         Ok(Answer::Failed(failure)) => error_response(
@@ -191,6 +196,16 @@ async fn method_not_allowed() -> Response {
     error_response(StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED", "method not allowed")
 }
 
+/// The `route` label for a request path.
+fn route_of(path: &str) -> Route {
+    match path {
+        NOTIFY_PATH => Route::Notify,
+        "/health" => Route::Health,
+        "/metrics" => Route::Metrics,
+        _ => Route::Other,
+    }
+}
+
 async fn count_requests(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -202,9 +217,14 @@ async fn count_requests(
             self.0.in_flight.dec();
         }
     }
-    state.metrics.in_flight.inc();
-    let _in_flight = InFlight(&state.metrics);
+    let route = route_of(request.uri().path());
+    // Only notify requests are "in flight": a scrape counting itself would make an idle
+    // gateway read 1.
+    let _in_flight = (route == Route::Notify).then(|| {
+        state.metrics.in_flight.inc();
+        InFlight(&state.metrics)
+    });
     let response = next.run(request).await;
-    state.metrics.count_status(response.status().as_u16());
+    state.metrics.count_request(route, response.status().as_u16());
     response
 }

@@ -1,16 +1,21 @@
 //! The `herald` server, as a library so tests and benchmarks can run it in-process.
 //!
-//! The data path, in module order: [`http`] reads and parses the request → [`dispatch`] routes each
+//! The data path, in module order: [`http`] reads and parses the request (requests hyper itself
+//! rejects get their JSON body from [`protocol_errors`]) → [`dispatch`] routes each
 //! device by app_id and claims it ([`claims`], [`store`]) → [`delivery`] calls the backend with
 //! deadline, retries and caps → [`dispatch`] records and answers. [`config`], [`registry`] and
-//! [`server`] assemble it; [`metrics`] and [`telemetry`] observe it.
+//! [`server`] assemble it; [`metrics`] and [`telemetry`] observe it; [`memory`] returns free heap
+//! memory to the system after bursts.
 
 pub mod claims;
 pub mod config;
+pub mod connections;
 pub mod delivery;
 pub mod dispatch;
 pub mod http;
+pub mod memory;
 pub mod metrics;
+pub mod protocol_errors;
 pub mod registry;
 pub mod server;
 pub mod store;
@@ -18,4 +23,4 @@ pub mod telemetry;
 
 pub use config::Config;
 pub use registry::BackendRegistry;
-pub use server::{Server, StartError};
+pub use server::{RunError, Server, StartError};

@@ -1,4 +1,9 @@
 //! The `herald` command line: `serve`, `check-config`, `vapid-keygen`.
+//!
+//! Exit codes (docs/operations.md): 0 after a clean shutdown or a valid configuration; 2 when the
+//! configuration cannot work (unreadable file, bad key, an app that cannot be built); 1 for
+//! runtime failures (the store cannot be opened, the address cannot be bound, a background task
+//! died while serving). `serve` and `check-config` agree on them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,7 +27,8 @@ enum Command {
         #[arg(short, long, env = "HERALD_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a configuration (including building every app) and exit.
+    /// Validate a configuration without changing anything: build every app (creating no files)
+    /// and check that the store can be opened; exit 0, 2 (configuration) or 1 (store).
     CheckConfig {
         /// Configuration file (TOML).
         #[arg(short, long, env = "HERALD_CONFIG")]
@@ -49,7 +55,7 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Serve { config } => serve(&config).await,
-            Command::CheckConfig { config } => check_config(&config),
+            Command::CheckConfig { config } => check_config(&config).await,
             #[cfg(feature = "webpush")]
             Command::VapidKeygen { out } => vapid_keygen(&out),
         }
@@ -69,35 +75,48 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         Err(code) => return code,
     };
     herald_server::telemetry::init(&config.log);
+    config.log_ignored_env();
     let server = match Server::bind(&config, &BackendRegistry::compiled()).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot start: {e}");
             eprintln!("herald: cannot start: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(e.exit_code());
         }
     };
-    server.run(shutdown_signal()).await;
-    ExitCode::SUCCESS
+    match server.run(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Logged at ERROR when it happened; this line is for whoever reads the exit status.
+            eprintln!("herald: stopped: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-fn check_config(path: &std::path::Path) -> ExitCode {
+/// Everything `serve` checks before it binds, with no side effects: no key files, no data
+/// directory, no database created.
+async fn check_config(path: &std::path::Path) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let metrics = herald_server::metrics::Metrics::new();
-    match herald_server::server::build_apps(&config, &BackendRegistry::compiled(), &metrics) {
-        Ok(apps) => {
-            let count = apps.iter().count();
-            eprintln!("herald: {} is valid ({count} apps)", path.display());
-            ExitCode::SUCCESS
-        }
+    let apps = match herald_server::server::check_apps(&config, &BackendRegistry::compiled()) {
+        Ok(n) => n,
         Err(e) => {
             eprintln!("herald: invalid configuration: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(e.exit_code());
         }
-    }
+    };
+    let store = match herald_server::server::check_store(&config).await {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("herald: the store cannot be opened: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    eprintln!("herald: {} is valid ({apps} apps; store {store})", path.display());
+    ExitCode::SUCCESS
 }
 
 #[cfg(feature = "webpush")]

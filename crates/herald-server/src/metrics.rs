@@ -20,23 +20,66 @@ fn latency_histogram() -> Histogram {
 }
 
 /// HTTP statuses the server answers with; anything else is counted as `other`.
-const STATUSES: [u16; 9] = [200, 400, 404, 405, 408, 413, 502, 503, 504];
+const STATUSES: [u16; 11] = [200, 400, 404, 405, 408, 413, 414, 431, 502, 503, 504];
+
+/// The part of the HTTP surface a request was for: the `route` label of
+/// `herald_http_requests_total`. A fixed set of values, never the raw path, so a scanner probing
+/// random paths cannot grow the number of series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The notify path (`/_matrix/push/v1/notify`), whatever the method.
+    Notify,
+    /// `/health`.
+    Health,
+    /// `/metrics`.
+    Metrics,
+    /// Any other path (answered 404 or 405).
+    Other,
+    /// A request hyper could not parse, answered before routing (400, 414, 431).
+    Malformed,
+}
+
+impl Route {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Notify => "notify",
+            Route::Health => "health",
+            Route::Metrics => "metrics",
+            Route::Other => "other",
+            Route::Malformed => "malformed",
+        }
+    }
+}
+
+fn status_label(status: u16) -> String {
+    if STATUSES.contains(&status) {
+        status.to_string()
+    } else {
+        "other".to_owned()
+    }
+}
 
 /// All of one server's metrics.
 pub struct Metrics {
     registry: Registry,
-    requests_by_status: Vec<Counter>,
-    requests_other: Counter,
+    requests: Family<Labels, Counter>,
+    /// The notify route's counters, resolved once: it is the only busy route.
+    notify_by_status: Vec<Counter>,
+    notify_other: Counter,
     notifications: Family<Labels, Counter>,
     upstream_seconds: HistogramFamily,
     retries: Family<Labels, Counter>,
+    upstream_errors: Family<Labels, Counter>,
     store_seconds: HistogramFamily,
-    /// Notify requests being handled right now.
+    /// Notify requests being handled right now (only notify: a scrape does not count itself).
     pub in_flight: Gauge,
+    /// Client connections and the file limit (see `connections.rs`).
+    pub connections: ConnectionMetrics,
 }
 
 /// Outcomes counted per app in `herald_notifications_total{app, outcome}`.
-pub const OUTCOMES: [&str; 9] = [
+pub const OUTCOMES: [&str; 10] = [
     "delivered",
     "skipped",
     "rejected",
@@ -46,12 +89,15 @@ pub const OUTCOMES: [&str; 9] = [
     "failed_message_refused",
     "failed_deadline",
     "failed_store",
+    "failed_overloaded",
 ];
 
 /// Pre-resolved handles for one app.
 #[derive(Clone)]
 pub struct AppMetrics {
     outcomes: [Counter; OUTCOMES.len()],
+    app: String,
+    errors: Family<Labels, Counter>,
     /// Upstream call latency (one observation per attempt).
     pub upstream_seconds: Histogram,
     /// Retries after transient failures.
@@ -59,6 +105,18 @@ pub struct AppMetrics {
 }
 
 impl AppMetrics {
+    /// Counts one failed upstream attempt in `herald_upstream_errors_total{app, class, reason}`.
+    /// Failures are the rare path, so the labels are resolved here; reasons come from the
+    /// backends' fixed sets (`vapid_mismatch`, `endpoint_refused`, …), `unspecified` otherwise.
+    pub fn count_error(&self, class: &'static str, reason: Option<&'static str>) {
+        let labels = vec![
+            ("app", self.app.clone()),
+            ("class", class.to_owned()),
+            ("reason", reason.unwrap_or("unspecified").to_owned()),
+        ];
+        self.errors.get_or_create(&labels).inc();
+    }
+
     /// Counts one device outcome (a name from [`OUTCOMES`]).
     pub fn count(&self, outcome: &'static str) {
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
@@ -87,12 +145,16 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("herald");
         let requests: Family<Labels, Counter> = Family::default();
-        registry.register("http_requests", "HTTP requests answered, by status", requests.clone());
-        let requests_by_status = STATUSES
-            .iter()
-            .map(|s| requests.get_or_create(&vec![("status", s.to_string())]).clone())
-            .collect();
-        let requests_other = requests.get_or_create(&vec![("status", "other".into())]).clone();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            requests.clone(),
+        );
+        let notify = |status: String| {
+            requests.get_or_create(&vec![("route", "notify".into()), ("status", status)]).clone()
+        };
+        let notify_by_status = STATUSES.iter().map(|s| notify(s.to_string())).collect();
+        let notify_other = notify("other".into());
         let notifications = Family::default();
         registry.register(
             "notifications",
@@ -107,6 +169,12 @@ impl Metrics {
         );
         let retries = Family::default();
         registry.register("retries", "Delivery retries after transient errors", retries.clone());
+        let upstream_errors = Family::default();
+        registry.register(
+            "upstream_errors",
+            "Failed upstream attempts, by app, error class and reason code",
+            upstream_errors.clone(),
+        );
         let store_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
         registry.register(
             "store_duration_seconds",
@@ -115,15 +183,19 @@ impl Metrics {
         );
         let in_flight = Gauge::default();
         registry.register("in_flight_requests", "Notify requests in progress", in_flight.clone());
+        let connections = ConnectionMetrics::register(&mut registry);
         Metrics {
             registry,
-            requests_by_status,
-            requests_other,
+            requests,
+            notify_by_status,
+            notify_other,
             notifications,
             upstream_seconds,
             retries,
+            upstream_errors,
             store_seconds,
             in_flight,
+            connections,
         }
     }
 
@@ -137,7 +209,13 @@ impl Metrics {
         let upstream_seconds =
             self.upstream_seconds.get_or_create(&vec![("app", app.to_owned())]).clone();
         let retries = self.retries.get_or_create(&vec![("app", app.to_owned())]).clone();
-        AppMetrics { outcomes, upstream_seconds, retries }
+        AppMetrics {
+            outcomes,
+            app: app.to_owned(),
+            errors: self.upstream_errors.clone(),
+            upstream_seconds,
+            retries,
+        }
     }
 
     /// Handles for the store.
@@ -150,11 +228,23 @@ impl Metrics {
     }
 
     /// Counts one answered HTTP request.
-    pub fn count_status(&self, status: u16) {
-        match STATUSES.iter().position(|s| *s == status) {
-            Some(i) => self.requests_by_status[i].inc(),
-            None => self.requests_other.inc(),
-        };
+    pub fn count_request(&self, route: Route, status: u16) {
+        if route == Route::Notify {
+            match STATUSES.iter().position(|s| *s == status) {
+                Some(i) => self.notify_by_status[i].inc(),
+                None => self.notify_other.inc(),
+            };
+        } else {
+            // Rare (scrapes, health checks, strays): resolving the labels here costs nothing.
+            let labels =
+                vec![("route", route.as_str().to_owned()), ("status", status_label(status))];
+            self.requests.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Notify requests answered so far, whatever the status.
+    pub fn notify_requests_served(&self) -> u64 {
+        self.notify_by_status.iter().chain([&self.notify_other]).map(Counter::get).sum()
     }
 
     /// The OpenMetrics text exposition.
@@ -163,6 +253,44 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Client connections: `herald_connections`, `herald_connections_max`,
+/// `herald_connections_closed_total{reason}` and `herald_open_files_limit`.
+#[derive(Clone, Default)]
+pub struct ConnectionMetrics {
+    /// Open client connections.
+    pub open: Gauge,
+    /// `server.max_connections` in force.
+    pub max: Gauge,
+    /// The soft RLIMIT_NOFILE after start-up raised it.
+    pub file_limit: Gauge,
+    /// Idle keep-alive connections closed to make room for a new client.
+    pub idle_closed: Counter,
+    /// New connections closed at once: at the cap with every connection busy.
+    pub refused: Counter,
+}
+
+impl ConnectionMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = ConnectionMetrics::default();
+        registry.register("connections", "Open client connections", m.open.clone());
+        registry.register("connections_max", "server.max_connections in force", m.max.clone());
+        registry.register(
+            "open_files_limit",
+            "Soft open-files limit (RLIMIT_NOFILE) after start-up raised it",
+            m.file_limit.clone(),
+        );
+        let closed: Family<Labels, Counter> = Family::default();
+        registry.register(
+            "connections_closed",
+            "Connections Herald closed at server.max_connections: idle ones to make room, new ones refused when all were busy",
+            closed.clone(),
+        );
+        let idle_closed = closed.get_or_create(&vec![("reason", "idle".into())]).clone();
+        let refused = closed.get_or_create(&vec![("reason", "refused".into())]).clone();
+        ConnectionMetrics { idle_closed, refused, ..m }
     }
 }
 
@@ -176,12 +304,26 @@ mod tests {
         let app = m.app("im.example");
         app.count("delivered");
         app.count("delivered");
-        m.count_status(200);
+        m.count_request(Route::Notify, 200);
+        m.count_request(Route::Notify, 418);
+        m.count_request(Route::Metrics, 200);
+        m.count_request(Route::Metrics, 200);
+        m.count_request(Route::Other, 404);
         let text = m.render();
         assert!(
             text.contains(r#"herald_notifications_total{app="im.example",outcome="delivered"} 2"#),
             "{text}"
         );
-        assert!(text.contains(r#"herald_http_requests_total{status="200"} 1"#), "{text}");
+        for line in [
+            r#"herald_http_requests_total{route="notify",status="200"} 1"#,
+            r#"herald_http_requests_total{route="notify",status="other"} 1"#,
+            r#"herald_http_requests_total{route="notify",status="503"} 0"#,
+            r#"herald_http_requests_total{route="metrics",status="200"} 2"#,
+            r#"herald_http_requests_total{route="other",status="404"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        // Quiet routes have no series until they are used.
+        assert!(!text.contains(r#"route="health""#), "{text}");
     }
 }

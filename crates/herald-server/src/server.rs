@@ -1,6 +1,8 @@
 //! Assembling and running a Herald server: open the store, build every app's backend, bind the
 //! listener, serve HTTP/1.1 with a header-read timeout, prune the store in the background, and on
-//! shutdown stop accepting, drain in-flight requests up to the grace period and flush the store.
+//! shutdown stop accepting, drain in-flight requests and their dispatch tasks up to the grace
+//! period and flush the store. A background task that dies (the pruner, the store's) stops the
+//! server with an error.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,17 +11,18 @@ use std::sync::Arc;
 use herald_core::{AppContext, AppRouter};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ServerConfig};
+use crate::connections::{AcceptBackoff, Admission, Close, Connections};
 use crate::delivery::{App, RetryPolicy};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{DispatchLimits, Dispatcher};
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
+use crate::protocol_errors::{JsonProtocolErrors, MAX_HEADER_BYTES};
 use crate::registry::BackendRegistry;
 use crate::store::recent::RecentCache;
 use crate::store::sqlite::{SqliteStore, SqliteStoreOptions};
@@ -27,8 +30,30 @@ use crate::store::DedupStore;
 
 /// Why the server could not start; the message is for the operator.
 #[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration cannot work (an app cannot be built): exit code 2, as for a bad file.
+    #[error("{0}")]
+    Config(String),
+    /// The machine refused (the store cannot be opened, the address cannot be bound): exit 1.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl StartError {
+    /// The process exit code: 2 for configuration errors, 1 for runtime errors.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) => 2,
+            StartError::Runtime(_) => 1,
+        }
+    }
+}
+
+/// Why a running server stopped other than by the shutdown signal: a background task it depends
+/// on died. The process exits 1.
+#[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct StartError(pub String);
+pub struct RunError(pub String);
 
 /// A server that is bound and ready to run.
 pub struct Server {
@@ -37,6 +62,7 @@ pub struct Server {
     state: Arc<AppState>,
     config: ServerConfig,
     pruner: JoinHandle<()>,
+    connections: Connections,
 }
 
 /// Builds every app's backend and the router; no I/O beyond what backends do at build time.
@@ -45,6 +71,21 @@ pub fn build_apps(
     registry: &BackendRegistry,
     metrics: &Metrics,
 ) -> Result<AppRouter<Arc<App>>, StartError> {
+    build_apps_for(config, registry, metrics, false)
+}
+
+/// Builds every app as `herald check-config` does: backends are told (`AppContext::check_only`)
+/// to create nothing, e.g. no missing key file. Returns how many apps there are.
+pub fn check_apps(config: &Config, registry: &BackendRegistry) -> Result<usize, StartError> {
+    Ok(build_apps_for(config, registry, &Metrics::new(), true)?.iter().count())
+}
+
+fn build_apps_for(
+    config: &Config,
+    registry: &BackendRegistry,
+    metrics: &Metrics,
+    check_only: bool,
+) -> Result<AppRouter<Arc<App>>, StartError> {
     let mut apps = Vec::with_capacity(config.apps.len());
     for (key, table) in &config.apps {
         let settings = config.app_settings(table);
@@ -52,10 +93,11 @@ pub fn build_apps(
             app_id: key.clone(),
             data_dir: config.data_dir.clone(),
             config_dir: config.config_dir.clone(),
+            check_only,
         };
         let backend = registry
             .build(&settings.kind, &context, settings.backend)
-            .map_err(|e| StartError(format!("apps.\"{key}\": {e}")))?;
+            .map_err(|e| StartError::Config(format!("apps.\"{key}\": {e}")))?;
         let app = App {
             key: key.clone(),
             kind: settings.kind,
@@ -65,20 +107,44 @@ pub fn build_apps(
         };
         apps.push((key.clone(), Arc::new(app)));
     }
-    AppRouter::new(apps).map_err(|e| StartError(e.to_string()))
+    AppRouter::new(apps).map_err(|e| StartError::Config(e.to_string()))
+}
+
+/// Keys the pushkey hashes in logs with this installation's secret (`<data_dir>/log-key`, created
+/// on first start), so that log hashes are stable across restarts and useless without the file.
+fn install_log_key(data_dir: &std::path::Path) -> Result<(), StartError> {
+    let path = data_dir.join("log-key");
+    std::fs::create_dir_all(data_dir)
+        .and_then(|()| herald_core::redact::load_or_create_key(&path))
+        .map(|secret| {
+            herald_core::redact::install_key(&secret);
+        })
+        .map_err(|e| StartError::Runtime(format!("cannot read or create {}: {e}", path.display())))
 }
 
 /// Opens the store named by the configuration.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn DedupStore>, StartError> {
+    let url = sqlite_url(config)?;
+    let options = SqliteStoreOptions { ttl: config.store.ttl, max_batch: config.store.max_batch };
+    let store =
+        SqliteStore::open(&url, options).await.map_err(|e| StartError::Runtime(e.to_string()))?;
+    Ok(Arc::new(RecentCache::new(store, config.store.recent_cache_entries, config.store.ttl)))
+}
+
+/// What `herald check-config` does instead of [`open_store`]: whether it would succeed, without
+/// creating or changing anything. Says what it found.
+pub async fn check_store(config: &Config) -> Result<String, StartError> {
+    let url = sqlite_url(config)?;
+    SqliteStore::check(&url).await.map_err(|e| StartError::Runtime(e.to_string()))
+}
+
+fn sqlite_url(config: &Config) -> Result<String, StartError> {
     let url = config.store_url();
     if url.starts_with("sqlite:") {
-        let options =
-            SqliteStoreOptions { ttl: config.store.ttl, max_batch: config.store.max_batch };
-        let store =
-            SqliteStore::open(&url, options).await.map_err(|e| StartError(e.to_string()))?;
-        Ok(Arc::new(RecentCache::new(store, config.store.recent_cache_entries, config.store.ttl)))
+        Ok(url)
     } else {
-        Err(StartError(format!(
+        // Config::validate refuses this already; kept for configurations built in code.
+        Err(StartError::Config(format!(
             "`store.url`: unsupported store `{url}`; this build supports sqlite:// URLs"
         )))
     }
@@ -87,16 +153,41 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn DedupStore>, StartErr
 impl Server {
     /// Opens the store, builds the apps and binds the listener.
     pub async fn bind(config: &Config, registry: &BackendRegistry) -> Result<Server, StartError> {
+        Self::assemble(config, registry, None).await
+    }
+
+    /// Like [`Server::bind`] with a store the caller opened (another [`DedupStore`]; tests).
+    pub async fn bind_with_store(
+        config: &Config,
+        registry: &BackendRegistry,
+        store: Arc<dyn DedupStore>,
+    ) -> Result<Server, StartError> {
+        Self::assemble(config, registry, Some(store)).await
+    }
+
+    async fn assemble(
+        config: &Config,
+        registry: &BackendRegistry,
+        store: Option<Arc<dyn DedupStore>>,
+    ) -> Result<Server, StartError> {
+        install_log_key(&config.data_dir)?;
         let metrics = Arc::new(Metrics::new());
+        let connections = open_connections(config, &metrics);
         let apps = build_apps(config, registry, &metrics)?;
-        let store = open_store(config).await?;
-        let dispatcher = Arc::new(Dispatcher::new(
-            apps,
-            store.clone(),
-            RetryPolicy::new(&config.delivery),
-            metrics.app("_unknown"),
-            metrics.store(),
-        ));
+        let store = match store {
+            Some(store) => store,
+            None => open_store(config).await?,
+        };
+        let dispatcher = Arc::new(
+            Dispatcher::new(
+                apps,
+                store.clone(),
+                RetryPolicy::new(&config.delivery),
+                metrics.app("_unknown"),
+                metrics.store(),
+            )
+            .with_limits(DispatchLimits::from_config(&config.delivery)),
+        );
         let state = Arc::new(AppState {
             dispatcher,
             metrics,
@@ -104,9 +195,9 @@ impl Server {
             body_read_timeout: config.server.body_read_timeout,
             request_deadline: config.server.request_deadline,
         });
-        let listener = TcpListener::bind(config.server.listen)
-            .await
-            .map_err(|e| StartError(format!("cannot listen on {}: {e}", config.server.listen)))?;
+        let listener = TcpListener::bind(config.server.listen).await.map_err(|e| {
+            StartError::Runtime(format!("cannot listen on {}: {e}", config.server.listen))
+        })?;
         let pruner = tokio::spawn(prune_periodically(store, config.store.prune_interval));
         Ok(Server {
             listener,
@@ -114,6 +205,7 @@ impl Server {
             state,
             config: config.server.clone(),
             pruner,
+            connections,
         })
     }
 
@@ -127,49 +219,165 @@ impl Server {
         self.router.clone()
     }
 
-    /// Serves until `shutdown` resolves, then drains in-flight requests (up to the grace period)
-    /// and closes the store.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// Serves until `shutdown` resolves, then drains in-flight requests and the dispatches they
+    /// started (up to the grace period) and closes the store. Also stops, with an error, when a
+    /// background task it depends on (the pruner, the store's) dies.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(self.config.header_read_timeout)
+            .max_header_size(MAX_HEADER_BYTES)
             .keep_alive(true);
-        let graceful = GracefulShutdown::new();
+        // Tells every connection to finish its request in progress and close.
+        let (stop_connections, stopping) = tokio::sync::watch::channel(());
+        let mut backoff = AcceptBackoff::default();
+        let mut refusals = crate::connections::WarnEvery::second();
         tracing::info!(listen = %self.local_addr(), "herald is serving");
+        let trimmer = crate::memory::spawn_trimmer(self.state.metrics.clone());
+        // A dead pruner would let the table grow forever, a dead store task fail every request:
+        // either stops the server like a signal, and the process exits non-zero.
+        let failure = std::sync::OnceLock::new();
+        let store = self.state.dispatcher.store().clone();
+        let pruner = self.pruner;
+        let stop_pruner = pruner.abort_handle();
+        let shutdown = async {
+            let why = tokio::select! {
+                () = shutdown => return,
+                why = store.failed() => why,
+                ended = pruner => crate::store::task_ended("pruner", ended),
+            };
+            tracing::error!(error = %why, "a background task died: stopping the server");
+            let _ = failure.set(why);
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _peer)) => {
+                        backoff.reset();
+                        let admitted = match self.connections.admit() {
+                            Admission::Admitted(admitted) => admitted,
+                            Admission::Refused => {
+                                // Every connection is busy: a quick close lets the client retry
+                                // instead of waiting unanswered.
+                                drop(stream);
+                                if refusals.ready() {
+                                    tracing::warn!(
+                                        since_last_warning = refusals.take_suppressed(),
+                                        "at server.max_connections with every connection busy: refusing new connections"
+                                    );
+                                }
+                                continue;
+                            }
+                        };
                         let _ = stream.set_nodelay(true);
-                        let service = TowerToHyperService::new(self.router.clone());
-                        let connection = http.serve_connection(TokioIo::new(stream), service);
-                        let connection = graceful.watch(connection);
+                        let service = TowerToHyperService::new(admitted.track(self.router.clone()));
+                        let io = JsonProtocolErrors::new(stream, self.state.metrics.clone());
+                        let connection = http.serve_connection(TokioIo::new(io), service);
+                        let mut stopping = stopping.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = connection.await {
+                            tokio::pin!(connection);
+                            let result = tokio::select! {
+                                result = connection.as_mut() => result,
+                                close = admitted.close_requested() => match close {
+                                    // Never started a request: nothing to finish.
+                                    Close::Now => return,
+                                    Close::Graceful => {
+                                        connection.as_mut().graceful_shutdown();
+                                        connection.await
+                                    }
+                                },
+                                _ = stopping.changed() => {
+                                    connection.as_mut().graceful_shutdown();
+                                    connection.await
+                                }
+                            };
+                            if let Err(e) = result {
                                 tracing::debug!(error = %e, "connection ended with an error");
                             }
                         });
                     }
                     Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        // Out of file descriptors and the like: back off (growing, bounded)
+                        // instead of spinning, and free a descriptor held by an idle client.
+                        if crate::connections::is_out_of_files(&e) {
+                            self.connections.close_one_idle();
+                        }
+                        let wait = backoff.failed(&e);
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            () = &mut shutdown => break,
+                        }
                     }
                 },
                 () = &mut shutdown => break,
             }
         }
         drop(self.listener);
+        trimmer.abort();
         let in_flight = self.state.metrics.in_flight.get();
         tracing::info!(in_flight, grace = ?self.config.shutdown_grace, "shutting down: draining");
-        if tokio::time::timeout(self.config.shutdown_grace, graceful.shutdown()).await.is_err() {
+        let grace_end = tokio::time::Instant::now()
+            .checked_add(self.config.shutdown_grace)
+            .unwrap_or_else(tokio::time::Instant::now);
+        let _ = stop_connections.send(());
+        if tokio::time::timeout(self.config.shutdown_grace, self.connections.closed())
+            .await
+            .is_err()
+        {
             tracing::warn!("grace period over; closing remaining connections");
         }
-        self.pruner.abort();
-        self.state.dispatcher.store().close().await;
+        // Dispatches run as tasks of their own, so that a homeserver hanging up cannot cancel one
+        // between "sent" and "recorded"; they must also finish before the store closes, or their
+        // records fail and the homeserver's retry alerts twice.
+        let dispatches = self.state.dispatcher.tasks();
+        dispatches.close();
+        if !dispatches.is_empty() {
+            tracing::info!(
+                dispatches = dispatches.len(),
+                "waiting for deliveries in flight before closing the store"
+            );
+        }
+        if tokio::time::timeout_at(grace_end, dispatches.wait()).await.is_err() {
+            tracing::warn!(
+                dispatches = dispatches.len(),
+                "grace period over with deliveries still running; their records may fail"
+            );
+        }
+        stop_pruner.abort();
+        store.close().await;
         tracing::info!("stopped");
+        match failure.get() {
+            Some(why) => Err(RunError(why.clone())),
+            None => Ok(()),
+        }
     }
+}
+
+/// Raises the open-files limit and sizes the connection table from it.
+fn open_connections(config: &Config, metrics: &Metrics) -> Connections {
+    use crate::connections::{default_max_connections, raise_nofile_limit, FD_HEADROOM};
+    let limit = raise_nofile_limit();
+    if let Some(limit) = limit {
+        metrics.connections.file_limit.set(i64::try_from(limit.soft).unwrap_or(i64::MAX));
+    }
+    let max = match (config.server.max_connections, limit) {
+        (Some(max), Some(limit)) => {
+            if max as u64 > limit.soft.saturating_sub(FD_HEADROOM) {
+                tracing::warn!(
+                    max_connections = max,
+                    open_files_limit = limit.soft,
+                    "server.max_connections leaves fewer than {FD_HEADROOM} descriptors for upstream connections and the store"
+                );
+            }
+            max
+        }
+        (Some(max), None) => max,
+        (None, Some(limit)) => default_max_connections(limit.soft),
+        (None, None) => crate::connections::MAX_DEFAULT_CONNECTIONS,
+    };
+    tracing::info!(max_connections = max, "client connection cap");
+    Connections::new(max, metrics.connections.clone())
 }
 
 async fn prune_periodically(store: Arc<dyn DedupStore>, every: std::time::Duration) {

@@ -198,17 +198,23 @@ pub(crate) fn wait_ready(
     }
 }
 
-/// What a process has used so far: CPU seconds in user and kernel mode, context switches.
+/// What a process has used so far: CPU seconds in user and kernel mode, context switches, bytes
+/// written to storage.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Usage {
     pub(crate) user: f64,
     pub(crate) system: f64,
     /// Voluntary and involuntary, summed over the live threads.
     pub(crate) context_switches: u64,
+    /// `write_bytes` of `/proc/<pid>/io`: bytes the process caused to be sent to the storage layer
+    /// (counted when a page is dirtied, so a page rewritten before writeback counts once; socket
+    /// writes do not count).
+    pub(crate) write_bytes: u64,
 }
 
 impl Usage {
-    /// Reads `/proc/<pid>/stat` and every `/proc/<pid>/task/*/status`; zeros if it is gone.
+    /// Reads `/proc/<pid>/stat`, `/proc/<pid>/io` and every `/proc/<pid>/task/*/status`; zeros if
+    /// it is gone.
     pub(crate) fn of(pid: u32, ticks_per_second: f64) -> Usage {
         let (user, system) = cpu_seconds(pid, ticks_per_second).unwrap_or((0.0, 0.0));
         let mut context_switches = 0;
@@ -223,7 +229,7 @@ impl Usage {
                     .sum::<u64>();
             }
         }
-        Usage { user, system, context_switches }
+        Usage { user, system, context_switches, write_bytes: io_field(pid, "write_bytes") }
     }
 
     /// What was used between `earlier` and `self`.
@@ -232,8 +238,18 @@ impl Usage {
             user: self.user - earlier.user,
             system: self.system - earlier.system,
             context_switches: self.context_switches.saturating_sub(earlier.context_switches),
+            write_bytes: self.write_bytes.saturating_sub(earlier.write_bytes),
         }
     }
+}
+
+/// A counter of `/proc/<pid>/io` (`write_bytes`, `rchar`, …); 0 when unreadable.
+fn io_field(pid: u32, key: &str) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// CPU seconds used by this process's children that have exited and been waited for (wrk, once a
@@ -290,26 +306,43 @@ pub(crate) fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// Samples a process's resident memory while a measurement runs.
+/// Samples a process's resident memory (and optionally the size of a file, such as the dedup
+/// store's write-ahead log) while a measurement runs.
 pub(crate) struct RssSampler {
     stop: AtomicBool,
     pid: u32,
+    file: Option<PathBuf>,
+}
+
+/// The largest values [`RssSampler::run`] saw, in bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Peaks {
+    pub(crate) rss: u64,
+    /// Of the sampled file; 0 when none was given or it never existed.
+    pub(crate) file: u64,
 }
 
 impl RssSampler {
-    /// A sampler of `pid`.
-    pub(crate) fn new(pid: u32) -> Self {
-        RssSampler { stop: AtomicBool::new(false), pid }
+    /// A sampler of `pid`, and of the size of `file` if given.
+    pub(crate) fn new(pid: u32, file: Option<PathBuf>) -> Self {
+        RssSampler { stop: AtomicBool::new(false), pid, file }
     }
 
-    /// Samples `VmRSS` every 50 ms until [`RssSampler::finish`]; returns the largest, in bytes.
-    pub(crate) fn run(&self) -> u64 {
-        let mut peak = 0;
-        while !self.stop.load(Ordering::Relaxed) {
-            peak = peak.max(status_kb(self.pid, "VmRSS").unwrap_or(0));
+    /// Samples every 50 ms until [`RssSampler::finish`]; returns the largest values.
+    pub(crate) fn run(&self) -> Peaks {
+        let mut peaks = Peaks::default();
+        loop {
+            let stopping = self.stop.load(Ordering::Relaxed);
+            peaks.rss = peaks.rss.max(status_kb(self.pid, "VmRSS").unwrap_or(0));
+            if let Some(file) = &self.file {
+                let size = std::fs::metadata(file).map_or(0, |m| m.len());
+                peaks.file = peaks.file.max(size);
+            }
+            if stopping {
+                return peaks;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        peak.max(status_kb(self.pid, "VmRSS").unwrap_or(0))
     }
 
     /// Ends [`RssSampler::run`].

@@ -24,6 +24,9 @@ const OTHER_CPU_WARNING: f64 = 10.0;
 /// Herald's resident memory under load, at most.
 const MAX_RSS_MB: f64 = 25.0;
 
+/// The dedup store's write-ahead log under load, at most (issue 7: it grew to 1.87 GB in 30 s).
+const MAX_WAL_MB: f64 = 64.0;
+
 /// One target, checked.
 #[derive(Debug, Clone)]
 pub(crate) struct Check {
@@ -75,7 +78,7 @@ impl Report {
     pub(crate) fn table(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!(
-            "\n{:<28} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7} {:>8}\n",
+            "\n{:<28} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7} {:>8} {:>7} {:>8}\n",
             "scenario",
             "notify/s",
             "×ceiling",
@@ -84,6 +87,8 @@ impl Report {
             "errors",
             "RSS MB",
             "CPU %",
+            "disk B/n",
+            "WAL MB",
             "targets"
         ));
         for o in &self.outcomes {
@@ -103,7 +108,7 @@ impl Report {
             };
             let label = if o.profiled { format!("{} (perf)", o.label) } else { o.label.clone() };
             out.push_str(&format!(
-                "{:<28} {:>9.0} {:>9} {:>8.2} {:>8.2} {:>7} {:>7.1} {:>7.0} {:>8}\n",
+                "{:<28} {:>9.0} {:>9} {:>8.2} {:>8.2} {:>7} {:>7.1} {:>7.0} {:>8.0} {:>7} {:>8}\n",
                 label,
                 m.per_second(),
                 ratio,
@@ -112,12 +117,16 @@ impl Report {
                 o.errors(),
                 mb(o.rss_peak),
                 o.cpu_percent(),
+                o.written_per_notification(),
+                if o.kind == Kind::Ceiling { "-".into() } else { format!("{:.1}", mb(o.wal_peak)) },
                 targets
             ));
         }
         out.push_str(&format!(
             "\n{} connections, {} s per scenario{}; CPU is % of one core ({} cores shared by wrk, \
-             the fake push service and the server); RSS is the peak sampled under load.\n",
+             the fake push service and the server); RSS is the peak sampled under load; disk B/n is \
+             what the server wrote to storage per notification (/proc/<pid>/io write_bytes); WAL \
+             is the largest size of the dedup store's write-ahead log sampled under load.\n",
             self.options.connections,
             self.options.duration.as_secs(),
             if self.options.quick { " (--quick)" } else { "" },
@@ -192,6 +201,10 @@ impl Report {
                     "problems": o.problems,
                     "rss_peak_mb": mb(o.rss_peak),
                     "rss_hwm_mb": mb(o.rss_hwm),
+                    "notifications": o.notifications(),
+                    "disk_write_bytes": o.usage.write_bytes,
+                    "disk_write_bytes_per_notification": o.written_per_notification(),
+                    "wal_peak_mb": (o.kind != Kind::Ceiling).then(|| mb(o.wal_peak)),
                     "cpu_percent_of_one_core": o.cpu_percent(),
                     "cpu_user_percent": o.usage.user * 100.0 / o.wall.max(1e-9),
                     "cpu_system_percent": o.usage.system * 100.0 / o.wall.max(1e-9),
@@ -312,6 +325,12 @@ fn checks(outcomes: &[Outcome]) -> Vec<Check> {
                 );
             }
         }
+        push(
+            o,
+            format!("WAL ≤ {MAX_WAL_MB} MB"),
+            format!("{:.1} MB", mb(o.wal_peak)),
+            mb(o.wal_peak) <= MAX_WAL_MB,
+        );
         push(
             o,
             format!("RSS ≤ {MAX_RSS_MB} MB"),

@@ -68,6 +68,29 @@ pub trait DedupStore: Send + Sync + 'static {
     async fn prune_expired(&self) -> Result<u64, StoreError>;
     /// Finishes pending writes and closes.
     async fn close(&self);
+    /// Resolves, with the reason, once the store can no longer work because one of its
+    /// background tasks stopped (returned, panicked or was cancelled) other than through
+    /// [`DedupStore::close`]; never resolves while the store is healthy. The server stops on it.
+    async fn failed(&self) -> String {
+        std::future::pending().await
+    }
+}
+
+/// Why a background task ended, for the error that stops the server: every end is unexpected.
+pub(crate) fn task_ended(name: &str, ended: Result<(), tokio::task::JoinError>) -> String {
+    match ended {
+        Ok(()) => format!("the {name} stopped unexpectedly"),
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            format!("the {name} panicked: {message}")
+        }
+        Err(_) => format!("the {name} was cancelled"),
+    }
 }
 
 /// Seconds since the Unix epoch.

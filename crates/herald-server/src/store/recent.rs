@@ -55,7 +55,7 @@ impl<S: DedupStore> RecentCache<S> {
                 order: VecDeque::with_capacity(capacity),
             }),
             capacity,
-            ttl_secs: ttl.as_secs() as i64,
+            ttl_secs: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
         }
     }
 
@@ -84,7 +84,7 @@ impl<S: DedupStore> RecentCache<S> {
             return false;
         }
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        recent.recorded_at.get(key).is_some_and(|at| *at > unix_now() - self.ttl_secs)
+        recent.recorded_at.get(key).is_some_and(|at| *at > unix_now().saturating_sub(self.ttl_secs))
     }
 }
 
@@ -111,6 +111,10 @@ impl<S: DedupStore> DedupStore for RecentCache<S> {
 
     async fn close(&self) {
         self.inner.close().await;
+    }
+
+    async fn failed(&self) -> String {
+        self.inner.failed().await
     }
 }
 

@@ -7,10 +7,28 @@
 //! cost a handful of queries and commits, and no request waits on another's lock. WAL with
 //! `synchronous = NORMAL` keeps commits off fsync; a crash can lose the last few commits, which at
 //! worst lets one retried notification through twice.
+//!
+//! The write-ahead log is kept bounded. A checkpointer copies it back into the database every
+//! 100 ms beside the writer (`PASSIVE`: it never blocks anyone), but that alone never lets the log
+//! *restart*: under steady load some lookup is always reading an older snapshot, so the log only
+//! grew (1.87 GB in 30 s at 7.5 k notify/s). So once the checkpointer sees the log past
+//! [`WAL_RESTART_BYTES`], it flushes the database file (beside the writer: a pass that never
+//! reaches the end of the log never syncs it), and the writer then runs a `RESTART` checkpoint
+//! after its next batch, on its own connection: it copies and syncs the little written since, our
+//! reader pauses for those few milliseconds so SQLite need not wait for old snapshots, and the next
+//! commit writes the log from its beginning again, reusing the file. Records and lookups that
+//! arrive meanwhile go into the next, larger batch. New databases use 1 KiB pages, which cuts what
+//! each notification writes to less than half (see [`PAGE_SIZE`]).
+//!
+//! The reader, the writer and the checkpointer are supervised: if one of them stops other than
+//! through [`DedupStore::close`], [`DedupStore::failed`] says so and the server stops.
 
 use std::borrow::Cow;
-use std::path::Path;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,13 +38,36 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
-use tokio::sync::{mpsc, oneshot, Mutex};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use tokio::task::{AbortHandle, JoinHandle};
 
 use super::{unix_now, DedupKey, DedupStore, StoreError};
 
-/// How often the WAL is copied back into the database.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the checkpointer copies the WAL back into the database. Often, so that little is
+/// left to copy when the writer restarts the log (it holds up records and lookups meanwhile).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Log size past which the log is restarted (see the module docs). At 7.5 k notify/s the log grows
+/// by a few MB/s; the file stays within this plus what is written between two checkpointer passes.
+pub const WAL_RESTART_BYTES: u64 = 16 << 20;
+
+/// `journal_size_limit`: after a restart, a WAL file larger than this (after a burst the
+/// checkpointer could not keep up with) is trimmed back. Not smaller than what steady load needs:
+/// truncating a file only for the next commits to grow it again costs more than reusing it.
+const WAL_SIZE_LIMIT: u64 = 2 * WAL_RESTART_BYTES;
+
+/// The page size of new databases. A delivery record dirties about one leaf page at a random place
+/// in the table, and the WAL holds whole pages: with 1 KiB pages the benchmark writes 3.5 KB per
+/// notification (log and database together) instead of 8.2 KB with SQLite's default 4 KiB.
+/// Existing databases keep their page size.
+const PAGE_SIZE: u32 = 1024;
+
+/// How long a connection waits for a lock another connection holds, in ms.
+const BUSY_TIMEOUT_MS: u64 = 5000;
+/// The same while the writer restarts the log (see [`Writer::restart_wal_if_due`]).
+const RESTART_BUSY_TIMEOUT_MS: u64 = 20;
+/// How long the writer waits before trying a restart again that another process held up.
+const RESTART_RETRY: Duration = Duration::from_secs(1);
 
 /// Rows deleted per prune transaction, so pruning never holds the writer for long.
 const PRUNE_CHUNK: i64 = 5_000;
@@ -61,8 +102,58 @@ pub struct SqliteStore {
     pool: SqlitePool,
     reader: mpsc::Sender<ReadCommand>,
     writer: mpsc::Sender<WriteCommand>,
+    /// The reader's, the writer's and the checkpointer's supervisors, awaited on close.
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    checkpointer: JoinHandle<()>,
+    checkpointer: AbortHandle,
+    health: watch::Sender<Health>,
+    wal_path: PathBuf,
+}
+
+/// Whether the background tasks are still doing their job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Health {
+    Running,
+    /// [`DedupStore::close`] was called: tasks ending now is expected.
+    Closing,
+    /// A task stopped on its own; why.
+    Failed(String),
+}
+
+/// What the writer's log restart needs from the other tasks. A restart can only finish once no
+/// lookup is reading an old snapshot, and SQLite's own waiting for that (the busy handler) sleeps
+/// in steps of 1, 2, 5, 10 … ms; pausing our reader instead costs exactly the lookup in progress.
+#[derive(Default)]
+struct Coordination {
+    /// Held (shared) by the reader for each lookup query, exclusively by a log restart.
+    lookups: tokio::sync::RwLock<()>,
+    /// One checkpoint at a time: SQLite refuses a second one at once, without waiting.
+    checkpoint: Mutex<()>,
+    /// Set by the checkpointer when the log has passed [`WAL_RESTART_BYTES`]: the writer restarts
+    /// it after its next batch, while little is left to copy.
+    restart_due: AtomicBool,
+}
+
+/// Spawns `task` and a supervisor that reports in `health` if it ends while the store is running
+/// (returns, panics or is cancelled). The supervisor's handle completes when the task has ended;
+/// the abort handle cancels the task itself.
+fn supervise(
+    name: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+    health: watch::Sender<Health>,
+) -> (JoinHandle<()>, AbortHandle) {
+    let task = tokio::spawn(task);
+    let abort = task.abort_handle();
+    let supervisor = tokio::spawn(async move {
+        let why = super::task_ended(&format!("dedup store's {name}"), task.await);
+        health.send_if_modified(|h| match h {
+            Health::Running => {
+                *h = Health::Failed(why);
+                true
+            }
+            Health::Closing | Health::Failed(_) => false,
+        });
+    });
+    (supervisor, abort)
 }
 
 fn migrator() -> Migrator {
@@ -88,16 +179,21 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
+            .busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
             .pragma("temp_store", "memory")
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
+            .page_size(PAGE_SIZE)
             .disable_statement_logging();
-        if let Some(dir) = Path::new(connect.get_filename()).parent() {
+        let file = Path::new(connect.get_filename()).to_path_buf();
+        if let Some(dir) = file.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     StoreError(format!("cannot create store directory {}: {e}", dir.display()))
                 })?;
             }
         }
+        // (An in-memory database has none: its size then reads as 0.)
+        let wal_path = wal_path_of(&file);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -108,24 +204,125 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError(format!("cannot open {url}: {e}")))?;
         migrator().run(&pool).await.map_err(|e| StoreError(format!("migrating {url}: {e}")))?;
+        let (page_size,): (i64,) = sqlx::query_as("PRAGMA page_size").fetch_one(&pool).await?;
         let (reader, read_rx) = mpsc::channel(MAX_LOOKUP_BATCH * 8);
         let (writer, write_rx) = mpsc::channel(options.max_batch * 8);
-        let read_task = tokio::spawn(run_reader(connect.connect().await?, read_rx, options.ttl));
-        // The writer never checkpoints: a checkpoint copies WAL pages back into the database and
-        // syncs it, which on a large table with random keys took most of the writer's time and
-        // capped throughput. The checkpointer does it beside the writer instead.
+        let (health, _) = watch::channel(Health::Running);
+        let coordination = Arc::new(Coordination::default());
+        let read_conn = connect.connect().await?;
+        // The writer never runs the automatic checkpoint: a checkpoint copies WAL pages back into
+        // the database and syncs it, which on a large table with random keys took most of the
+        // writer's time and capped throughput. The checkpointer does that beside the writer; the
+        // writer only restarts the log once it has grown (see the module docs).
         let write_conn = connect.clone().pragma("wal_autocheckpoint", "0").connect().await?;
-        let write_task =
-            tokio::spawn(run_writer(write_conn, write_rx, options.max_batch, options.ttl));
+        let reader_task = run_reader(read_conn, read_rx, options.ttl, coordination.clone());
+        let (read_task, _) = supervise("reader", reader_task, health.clone());
+        let writer_task = Writer {
+            conn: write_conn,
+            max_batch: options.max_batch,
+            ttl: options.ttl,
+            coordination: coordination.clone(),
+            restart_not_before: None,
+        };
+        let (write_task, _) = supervise("writer", writer_task.run(write_rx), health.clone());
         // The pool's one connection is otherwise idle: checkpoints need no connection of their own.
-        let checkpoint_task = tokio::spawn(run_checkpointer(pool.clone()));
+        let page_size = u64::try_from(page_size).unwrap_or(u64::from(PAGE_SIZE));
+        // Only for fsync (see run_checkpointer). It stays open as long as the checkpointer: closing
+        // any descriptor of the file drops this process's POSIX locks on it, SQLite's included,
+        // so it must not be opened and closed per use.
+        let db_file = std::fs::File::open(&file).ok().map(Arc::new);
+        let checkpointer_task = run_checkpointer(pool.clone(), page_size, db_file, coordination);
+        let (checkpoint_task, checkpointer) =
+            supervise("checkpointer", checkpointer_task, health.clone());
         Ok(SqliteStore {
             pool,
             reader,
             writer,
-            tasks: Mutex::new(vec![read_task, write_task]),
-            checkpointer: checkpoint_task,
+            tasks: Mutex::new(vec![read_task, write_task, checkpoint_task]),
+            checkpointer,
+            health,
+            wal_path,
         })
+    }
+
+    /// What `herald check-config` does instead of [`SqliteStore::open`]: finds out whether `open`
+    /// would succeed, writing nothing. An existing database is opened read-only and must be a
+    /// SQLite file this version can use, writable, in a writable directory (for its `-wal` and
+    /// `-shm` files); a missing one needs its nearest existing directory to be writable (`open`
+    /// creates the rest). Says what it found.
+    pub async fn check(url: &str) -> Result<String, StoreError> {
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError(format!("bad store url `{url}`: {e}")))?;
+        let file = Path::new(connect.get_filename()).to_path_buf();
+        if file.as_os_str() == ":memory:" {
+            return Ok("in-memory database".into());
+        }
+        let dir = match file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        match std::fs::metadata(&file) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => return Err(StoreError(format!("{} is not a file", file.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(Path::new("."));
+                if !existing.is_dir() {
+                    return Err(StoreError(format!(
+                        "cannot create {}: {} is not a directory",
+                        file.display(),
+                        existing.display()
+                    )));
+                }
+                writable_dir(existing)
+                    .map_err(|e| StoreError(format!("cannot create {}: {e}", file.display())))?;
+                return Ok(format!("{} (to be created)", file.display()));
+            }
+            Err(e) => return Err(StoreError(format!("cannot open {}: {e}", file.display()))),
+        }
+        // Opening for writing checks permissions and read-only mounts without changing a byte.
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file)
+            .map_err(|e| StoreError(format!("cannot open {} for writing: {e}", file.display())))?;
+        writable_dir(&dir)
+            .map_err(|e| StoreError(format!("cannot open {}: {e}", file.display())))?;
+        // Read-only, and `immutable` (no lock files) unless the -wal and -shm files are there
+        // already (a running or crashed server): then SQLite reads through them, creating nothing.
+        let running = wal_path_of(&file).exists() && shm_path_of(&file).exists();
+        let mut conn = connect
+            .read_only(true)
+            .immutable(!running)
+            .disable_statement_logging()
+            .connect()
+            .await
+            .map_err(|e| StoreError(format!("cannot open {}: {e}", file.display())))?;
+        let applied: Result<Option<i64>, sqlx::Error> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&mut conn)
+                .await;
+        let tables: Result<i64, sqlx::Error> =
+            sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master").fetch_one(&mut conn).await;
+        let _ = conn.close().await;
+        let known = migrator().migrations.iter().map(|m| m.version).max().unwrap_or(0);
+        match (applied, tables) {
+            (Ok(Some(version)), _) if version > known => Err(StoreError(format!(
+                "{} was written by a newer Herald (schema version {version}; this one knows {known})",
+                file.display()
+            ))),
+            (Ok(_), _) => Ok(format!("{} (existing)", file.display())),
+            // An empty file, or a database Herald has not migrated yet: `open` migrates it.
+            (Err(_), Ok(_)) => Ok(format!("{} (existing, not yet migrated)", file.display())),
+            (Err(e), Err(_)) => {
+                Err(StoreError(format!("cannot read {}: {e}", file.display())))
+            }
+        }
+    }
+
+    /// The write-ahead log's current size in bytes (0 when there is none); for tests and
+    /// diagnostics.
+    pub fn wal_size(&self) -> u64 {
+        file_size(&self.wal_path)
     }
 
     /// Number of rows (expired or not); for tests and diagnostics.
@@ -176,13 +373,33 @@ impl DedupStore for SqliteStore {
         rx.await.map_err(|_| StoreError("store writer stopped".into()))?.map_err(StoreError)
     }
 
+    async fn failed(&self) -> String {
+        let mut health = self.health.subscribe();
+        loop {
+            if let Health::Failed(why) = &*health.borrow_and_update() {
+                return why.clone();
+            }
+            if health.changed().await.is_err() {
+                // The store is being dropped: nothing more can fail.
+                return std::future::pending().await;
+            }
+        }
+    }
+
     async fn close(&self) {
+        self.health.send_if_modified(|h| match h {
+            Health::Running => {
+                *h = Health::Closing;
+                true
+            }
+            Health::Closing | Health::Failed(_) => false,
+        });
         let _ = self.reader.send(ReadCommand::Shutdown).await;
         let _ = self.writer.send(WriteCommand::Shutdown).await;
+        self.checkpointer.abort();
         for task in self.tasks.lock().await.drain(..) {
             let _ = task.await;
         }
-        self.checkpointer.abort();
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await {
             tracing::warn!(error = %e, "final checkpoint of the dedup store failed");
         }
@@ -205,16 +422,91 @@ async fn insert_rows<'k>(
     Ok(())
 }
 
-/// Copies the WAL back into the database every second, without blocking the writer or readers
-/// (`PASSIVE`), so the WAL stays small while the writer never pays for checkpoints itself.
-async fn run_checkpointer(pool: SqlitePool) {
+/// Entries recorded at or before this second have expired.
+fn cutoff(ttl: Duration) -> i64 {
+    unix_now().saturating_sub(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn wal_path_of(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+fn shm_path_of(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-shm");
+    PathBuf::from(name)
+}
+
+/// Whether files can be created in `dir` (permissions, read-only mounts), without creating one.
+fn writable_dir(dir: &Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use rustix::fs::{access, Access};
+        access(dir, Access::WRITE_OK | Access::EXEC_OK)
+            .map_err(|e| format!("{} is not writable: {e}", dir.display()))
+    }
+    #[cfg(not(unix))]
+    {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.permissions().readonly() => Err(format!("{} is read-only", dir.display())),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("{}: {e}", dir.display())),
+        }
+    }
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Copies the WAL back into the database every [`CHECKPOINT_INTERVAL`], without blocking the
+/// writer or readers (`PASSIVE`), and tells the writer when the log is due for a restart.
+async fn run_checkpointer(
+    pool: SqlitePool,
+    page_size: u64,
+    db_file: Option<Arc<std::fs::File>>,
+    coordination: Arc<Coordination>,
+) {
     let mut ticker = tokio::time::interval(CHECKPOINT_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
-            tracing::warn!(error = %e, "dedup store checkpoint failed");
+        let pass = {
+            let _checkpoint = coordination.checkpoint.lock().await;
+            sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(&pool)
+                .await
+        };
+        let frames = match pass {
+            // (busy, frames in the log, frames copied)
+            Ok((_, frames, _)) => u64::try_from(frames).unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(error = %e, "dedup store checkpoint failed");
+                continue;
+            }
+        };
+        if frames * page_size < WAL_RESTART_BYTES
+            || coordination.restart_due.load(Ordering::Acquire)
+        {
+            continue;
         }
+        // A pass that does not reach the end of the log (there is always a newer commit under
+        // load) copies pages into the database without syncing it, so the restart would have to
+        // flush everything copied since the last one, tens of ms with records and lookups held
+        // up. Flush it here instead, beside them; the restart then syncs only what came after.
+        if let Some(file) = &db_file {
+            let file = Arc::clone(file);
+            match tokio::task::spawn_blocking(move || file.sync_data()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "dedup store: syncing the database failed")
+                }
+                Err(e) => tracing::warn!(error = %e, "dedup store: syncing the database failed"),
+            }
+        }
+        coordination.restart_due.store(true, Ordering::Release);
     }
 }
 
@@ -223,6 +515,7 @@ async fn run_reader(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<ReadCommand>,
     ttl: Duration,
+    coordination: Arc<Coordination>,
 ) {
     let mut commands = Vec::with_capacity(MAX_LOOKUP_BATCH);
     let mut lookups: Vec<(DedupKey, oneshot::Sender<Result<bool, String>>)> =
@@ -238,8 +531,12 @@ async fn run_reader(
         if lookups.is_empty() {
             continue;
         }
-        let cutoff = unix_now() - ttl.as_secs() as i64;
-        match lookup_batch(&mut conn, &lookups, cutoff).await {
+        let cutoff = cutoff(ttl);
+        let found = {
+            let _reading = coordination.lookups.read().await;
+            lookup_batch(&mut conn, &lookups, cutoff).await
+        };
+        match found {
             Ok(found) => {
                 for (key, reply) in lookups.drain(..) {
                     let _ = reply.send(Ok(found.contains(key.as_bytes())));
@@ -278,79 +575,139 @@ async fn lookup_batch(
     Ok(rows.into_iter().filter_map(|(key,)| key.try_into().ok()).collect())
 }
 
-/// Owns the write connection: drains queued records into one transaction at a time, and runs
-/// prunes in small chunks between batches.
-async fn run_writer(
-    mut conn: SqliteConnection,
-    mut rx: mpsc::Receiver<WriteCommand>,
+/// Owns the write connection: drains queued records into one transaction at a time, runs prunes in
+/// small chunks between batches, and restarts the WAL between batches once it has grown.
+struct Writer {
+    conn: SqliteConnection,
     max_batch: usize,
     ttl: Duration,
-) {
-    let mut commands = Vec::with_capacity(max_batch);
-    let mut records: Vec<(DedupKey, oneshot::Sender<Result<(), String>>)> =
-        Vec::with_capacity(max_batch);
-    // A prune in progress: its reply and the rows deleted so far.
-    let mut prune: Option<(oneshot::Sender<Result<u64, String>>, u64)> = None;
-    let mut shutting_down = false;
-    loop {
-        if prune.is_none() && !shutting_down {
-            if rx.recv_many(&mut commands, max_batch).await == 0 {
-                break;
+    coordination: Arc<Coordination>,
+    /// After a restart another process held up: when to try again.
+    restart_not_before: Option<std::time::Instant>,
+}
+
+impl Writer {
+    async fn run(mut self, rx: mpsc::Receiver<WriteCommand>) {
+        self.serve(rx).await;
+        let _ = self.conn.close().await;
+    }
+
+    /// After a batch, when the checkpointer says the log is due: copy what is left of it and start
+    /// it over from the beginning (`RESTART`). Our own lookups pause meanwhile (see
+    /// [`Coordination`]). If the checkpointer is copying right now, or another process reads for
+    /// longer than the busy timeout, the next batch tries again.
+    async fn restart_wal_if_due(&mut self) {
+        if !self.coordination.restart_due.load(Ordering::Acquire)
+            || self.restart_not_before.is_some_and(|t| std::time::Instant::now() < t)
+        {
+            return;
+        }
+        let Ok(_checkpoint) = self.coordination.checkpoint.try_lock() else { return };
+        let _lookups_paused = self.coordination.lookups.write().await;
+        let started = std::time::Instant::now();
+        // With our reader paused only another process (a backup, an operator's shell) can hold
+        // the restart up: give it a moment, not the connection's whole busy timeout, as records
+        // and lookups wait meanwhile.
+        let restart = async {
+            let busy_timeout = |ms: u64| format!("PRAGMA busy_timeout = {ms}");
+            sqlx::query(&busy_timeout(RESTART_BUSY_TIMEOUT_MS)).execute(&mut self.conn).await?;
+            let result = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(RESTART)")
+                .fetch_one(&mut self.conn)
+                .await;
+            sqlx::query(&busy_timeout(BUSY_TIMEOUT_MS)).execute(&mut self.conn).await?;
+            result
+        };
+        match restart.await {
+            Ok((0, _, _)) => {
+                self.coordination.restart_due.store(false, Ordering::Release);
+                self.restart_not_before = None;
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "dedup store: WAL restarted"
+                );
             }
-        } else {
-            // Keep serving records while a prune is under way, without waiting for them.
-            while commands.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(c) => commands.push(c),
-                    Err(_) => break,
+            Ok(_) => {
+                // Someone else is reading an old snapshot; the log grows until they are done.
+                self.restart_not_before = Some(std::time::Instant::now() + RESTART_RETRY);
+                tracing::debug!("dedup store: WAL restart held up by another reader; retrying");
+            }
+            Err(e) => {
+                self.restart_not_before = Some(std::time::Instant::now() + RESTART_RETRY);
+                tracing::warn!(error = %e, "dedup store: WAL restart failed");
+            }
+        }
+    }
+
+    async fn serve(&mut self, mut rx: mpsc::Receiver<WriteCommand>) {
+        let (max_batch, ttl) = (self.max_batch, self.ttl);
+        let mut commands = Vec::with_capacity(max_batch);
+        let mut records: Vec<(DedupKey, oneshot::Sender<Result<(), String>>)> =
+            Vec::with_capacity(max_batch);
+        // A prune in progress: its reply and the rows deleted so far.
+        let mut prune: Option<(oneshot::Sender<Result<u64, String>>, u64)> = None;
+        let mut shutting_down = false;
+        loop {
+            if prune.is_none() && !shutting_down {
+                if rx.recv_many(&mut commands, max_batch).await == 0 {
+                    break;
+                }
+            } else {
+                // Keep serving records while a prune is under way, without waiting for them.
+                while commands.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(c) => commands.push(c),
+                        Err(_) => break,
+                    }
                 }
             }
-        }
-        for command in commands.drain(..) {
-            match command {
-                WriteCommand::Record(key, reply) => records.push((key, reply)),
-                WriteCommand::Prune(reply) => match prune {
-                    // One prune at a time; a second request shares the first's work.
-                    Some(_) => drop(reply.send(Ok(0))),
-                    None => prune = Some((reply, 0)),
-                },
-                WriteCommand::Shutdown => shutting_down = true,
-            }
-        }
-        if !records.is_empty() {
-            let result = write_batch(&mut conn, &records).await.map_err(|e| e.to_string());
-            if let Err(e) = &result {
-                tracing::error!(error = %e, rows = records.len(), "dedup store write failed");
-            }
-            for (_, reply) in records.drain(..) {
-                let _ = reply.send(result.clone());
-            }
-        }
-        if let Some((reply, deleted)) = prune.take() {
-            let cutoff = unix_now() - ttl.as_secs() as i64;
-            match prune_chunk(&mut conn, cutoff).await {
-                Ok(n) if n as i64 >= PRUNE_CHUNK && !shutting_down => {
-                    prune = Some((reply, deleted + n))
+            for command in commands.drain(..) {
+                match command {
+                    WriteCommand::Record(key, reply) => records.push((key, reply)),
+                    WriteCommand::Prune(reply) => match prune {
+                        // One prune at a time; a second request shares the first's work.
+                        Some(_) => drop(reply.send(Ok(0))),
+                        None => prune = Some((reply, 0)),
+                    },
+                    WriteCommand::Shutdown => shutting_down = true,
                 }
-                Ok(n) => drop(reply.send(Ok(deleted + n))),
-                Err(e) => drop(reply.send(Err(e.to_string()))),
-            }
-        }
-        if shutting_down && prune.is_none() {
-            // Flush anything that raced with the shutdown request, then stop.
-            while let Ok(WriteCommand::Record(key, reply)) = rx.try_recv() {
-                records.push((key, reply));
             }
             if !records.is_empty() {
-                let result = write_batch(&mut conn, &records).await.map_err(|e| e.to_string());
+                let result = write_batch(&mut self.conn, &records).await.map_err(|e| e.to_string());
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, rows = records.len(), "dedup store write failed");
+                }
                 for (_, reply) in records.drain(..) {
                     let _ = reply.send(result.clone());
                 }
             }
-            break;
+            if let Some((reply, deleted)) = prune.take() {
+                let cutoff = cutoff(ttl);
+                match prune_chunk(&mut self.conn, cutoff).await {
+                    Ok(n) if n as i64 >= PRUNE_CHUNK && !shutting_down => {
+                        prune = Some((reply, deleted + n))
+                    }
+                    Ok(n) => drop(reply.send(Ok(deleted + n))),
+                    Err(e) => drop(reply.send(Err(e.to_string()))),
+                }
+            }
+            if shutting_down && prune.is_none() {
+                // Flush anything that raced with the shutdown request, then stop.
+                while let Ok(WriteCommand::Record(key, reply)) = rx.try_recv() {
+                    records.push((key, reply));
+                }
+                if !records.is_empty() {
+                    let result =
+                        write_batch(&mut self.conn, &records).await.map_err(|e| e.to_string());
+                    for (_, reply) in records.drain(..) {
+                        let _ = reply.send(result.clone());
+                    }
+                }
+                break;
+            }
+            // Replies are out: a restart now delays only the records queued behind it.
+            self.restart_wal_if_due().await;
         }
     }
-    let _ = conn.close().await;
 }
 
 async fn write_batch(
@@ -379,6 +736,8 @@ async fn prune_chunk(conn: &mut SqliteConnection, cutoff: i64) -> Result<u64, sq
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
 
     async fn open(dir: &tempfile::TempDir) -> SqliteStore {
@@ -464,6 +823,46 @@ mod tests {
         assert_eq!(store.row_count().await.unwrap(), 1);
         assert!(store.was_delivered(&fresh).await.unwrap());
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_background_task_that_dies_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        assert!(store.failed().now_or_never().is_none(), "healthy");
+        // Cancel the real checkpointer task, as a panic or an abort would end it.
+        store.checkpointer.abort();
+        let why = tokio::time::timeout(Duration::from_secs(10), store.failed()).await.unwrap();
+        assert!(why.contains("checkpointer"), "{why}");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_is_reported_with_its_message() {
+        let (health, mut watch) = watch::channel(Health::Running);
+        let (supervisor, _) = supervise("writer", async { panic!("disk on fire") }, health.clone());
+        supervisor.await.unwrap();
+        match &*watch.borrow_and_update() {
+            Health::Failed(why) => {
+                assert!(why.contains("writer panicked: disk on fire"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A task that returns on its own counts too.
+        let (health, watch) = watch::channel(Health::Running);
+        supervise("reader", async {}, health.clone()).0.await.unwrap();
+        assert!(matches!(&*watch.borrow(), Health::Failed(why) if why.contains("reader stopped")));
+    }
+
+    #[tokio::test]
+    async fn closing_is_not_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        store.record_delivered(DedupKey::new("$e", "a", "k")).await.unwrap();
+        store.close().await;
+        // Every task has ended by now (close awaits them), and none of that counts as failing.
+        assert!(store.failed().now_or_never().is_none());
+        assert_eq!(*store.health.borrow(), Health::Closing);
     }
 
     #[test]

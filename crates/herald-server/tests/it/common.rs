@@ -51,7 +51,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub backend: ScriptedBackend,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<Result<(), herald_server::RunError>>>,
 }
 
 impl TestServer {
@@ -87,12 +87,12 @@ impl TestServer {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await.expect("server task");
+            task.await.expect("server task").expect("the server stopped cleanly");
         }
     }
 
     /// Triggers graceful shutdown without waiting.
-    pub fn begin_stop(&mut self) -> JoinHandle<()> {
+    pub fn begin_stop(&mut self) -> JoinHandle<Result<(), herald_server::RunError>> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -1,5 +1,5 @@
 //! Real-socket tests of the data path with a scripted backend: routing, outcome classes, retries,
-//! deadlines and deduplication.
+//! deadlines, deduplication, the per-app concurrency cap, and a store that fails under the server.
 
 use std::time::{Duration, Instant};
 
@@ -198,11 +198,138 @@ async fn metrics_show_outcomes() {
     assert_eq!(outcome_count(&m, APP, "failed_message_refused"), 1);
     assert_eq!(outcome_count(&m, APP, "failed_transient"), 1);
     assert_eq!(outcome_count(&m, "_unknown", "rejected"), 1);
-    assert!(m.contains(r#"herald_http_requests_total{status="200"} 5"#), "{m}");
-    assert!(m.contains(r#"herald_http_requests_total{status="502"} 1"#), "{m}");
+    assert!(m.contains(r#"herald_http_requests_total{route="notify",status="200"} 5"#), "{m}");
+    assert!(m.contains(r#"herald_http_requests_total{route="notify",status="502"} 1"#), "{m}");
     assert!(m.contains(r#"herald_retries_total{app="com.example.app"} 3"#), "{m}");
     assert!(m.contains("herald_upstream_duration_seconds_bucket"), "{m}");
     assert!(m.contains("herald_store_duration_seconds_count{op=\"lookup\"}"), "{m}");
     assert!(m.contains("herald_in_flight_requests"), "{m}");
     s.stop().await;
+}
+
+/// A backend that counts how many calls are inside it at once.
+#[derive(Default)]
+struct Concurrency {
+    now: std::sync::atomic::AtomicUsize,
+    max: std::sync::atomic::AtomicUsize,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl herald_core::Backend for Concurrency {
+    async fn deliver(
+        &self,
+        _: &herald_core::Notification,
+        _: &herald_core::Device,
+    ) -> Result<herald_core::Outcome, herald_core::DeliveryError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let inside = self.now.fetch_add(1, SeqCst) + 1;
+        self.max.fetch_max(inside, SeqCst);
+        // An upstream that takes a while, so calls overlap unless something holds them back.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.now.fetch_sub(1, SeqCst);
+        self.calls.fetch_add(1, SeqCst);
+        Ok(herald_core::Outcome::Delivered)
+    }
+}
+
+#[tokio::test]
+async fn per_app_max_concurrency_caps_upstream_calls() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::sync::Arc;
+    const CAPPED: &str = "com.example.capped";
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!("[apps.\"{CAPPED}\"]\nkind = \"concurrency\"\nmax_concurrency = 3\n"),
+    );
+    let backend = Arc::new(Concurrency::default());
+    let mut registry = crate::common::registry(&herald_testkit::scripted::ScriptedBackend::new());
+    let shared = backend.clone();
+    registry.register("concurrency", move |_, _| Ok(shared.clone()));
+    let server = herald_server::Server::bind(&cfg, &registry).await.unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+
+    // Four requests of six devices each, all at once: 24 calls that could all overlap.
+    let requests = (0..4).map(|r| {
+        let devices: Vec<(String, String)> =
+            (0..6).map(|d| (CAPPED.to_owned(), format!("k{r}-{d}"))).collect();
+        let devices: Vec<(&str, &str)> =
+            devices.iter().map(|(a, k)| (a.as_str(), k.as_str())).collect();
+        let body = message_to(&format!("$cap{r}"), &devices).to_string();
+        crate::common::post(addr, "/_matrix/push/v1/notify", body)
+    });
+    for (status, body) in futures_util::future::join_all(requests).await {
+        assert_eq!((status, body), (200, json!({"rejected": []})));
+    }
+    assert_eq!(backend.calls.load(SeqCst), 24);
+    assert_eq!(
+        backend.max.load(SeqCst),
+        3,
+        "at most max_concurrency calls at once, and the cap is reached"
+    );
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}
+
+/// A second connection to a running server's SQLite store, to break it for real.
+async fn store_connection(dir: &std::path::Path) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    sqlx::SqliteConnection::connect(&format!("sqlite://{}/herald.db", dir.display())).await.unwrap()
+}
+
+#[tokio::test]
+async fn store_unavailable_is_503_and_recovers() {
+    let (s, dir) = server().await;
+    assert_eq!(s.notify(&message("$before", APP, "k")).await.0, 200);
+    // The table disappears under the running server: every lookup now fails.
+    let mut db = store_connection(dir.path()).await;
+    sqlx::query("ALTER TABLE delivered RENAME TO delivered_away").execute(&mut db).await.unwrap();
+
+    let (status, body) = s.notify(&message("$during", APP, "k")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["errcode"], "M_UNKNOWN");
+    assert_eq!(s.backend.attempts_to("k"), 1, "nothing is sent when dedup cannot be checked");
+    // Badge updates are never deduplicated, so they do not need the store.
+    assert_eq!(s.notify(&badge(APP, "k", 1)).await.0, 200);
+
+    sqlx::query("ALTER TABLE delivered_away RENAME TO delivered").execute(&mut db).await.unwrap();
+    assert_eq!(s.notify(&message("$during", APP, "k")).await, (200, json!({"rejected": []})));
+    let m = s.metrics().await;
+    assert_eq!(outcome_count(&m, APP, "failed_store"), 1, "{m}");
+    assert!(m.contains(r#"herald_http_requests_total{route="notify",status="503"} 1"#), "{m}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn delivered_but_not_recorded_is_200_with_an_error_log() {
+    let (logs, _guard) = crate::observability::LogCapture::start();
+    let (s, dir) = server().await;
+    // Every write to the store now fails (as on a full disk); lookups still work.
+    let mut db = store_connection(dir.path()).await;
+    sqlx::query(
+        "CREATE TRIGGER refuse_writes BEFORE INSERT ON delivered \
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full (test)'); END",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+
+    // The user got the notification: the homeserver must not retry it.
+    let (status, body) = s.notify(&message("$unrecorded", APP, "k")).await;
+    assert_eq!((status, body), (200, json!({"rejected": []})));
+    assert_eq!(s.backend.deliveries_to("k"), 1);
+    s.stop().await;
+
+    let errors: Vec<_> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l["level"] == "ERROR" && l["message"].as_str().unwrap().contains("record"))
+        .collect();
+    assert!(!errors.is_empty(), "no ERROR about the failed record in\n{}", logs.text());
+    assert!(errors.iter().any(|e| e["span"]["event_id"] == "$unrecorded"), "{errors:?}");
 }

@@ -1,10 +1,13 @@
-//! Restarts, pruning and graceful shutdown, including the real `herald` binary killed with SIGKILL.
+//! Restarts, pruning and graceful shutdown (which waits for deliveries whose client hung up),
+//! supervision of background tasks, and the real `herald` binary killed with SIGKILL.
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use herald_core::{Backend, DeliveryError, Device, Notification, Outcome};
 use herald_server::store::sqlite::{SqliteStore, SqliteStoreOptions};
-use herald_server::store::{DedupKey, DedupStore};
+use herald_server::store::{DedupKey, DedupStore, StoreError};
 use herald_testkit::notify::message;
 use herald_testkit::scripted::Step;
 use serde_json::json;
@@ -131,7 +134,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     // No new connections once shutdown has begun.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     assert_eq!(request.await.unwrap(), (200, json!({"rejected": []})));
-    stopping.await.unwrap();
+    stopping.await.unwrap().unwrap();
     assert_eq!(server.backend.deliveries_to("slow"), 1);
 
     // And the delivery was recorded before the store closed.
@@ -162,4 +165,179 @@ async fn slow_header_senders_are_cut_off() {
     assert!(read.is_ok(), "connection still open after 5s");
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     server.stop().await;
+}
+
+/// A backend that reports when a delivery has started and finishes it only when released.
+#[derive(Clone, Default)]
+struct Gated {
+    started: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl Backend for Gated {
+    async fn deliver(&self, _: &Notification, _: &Device) -> Result<Outcome, DeliveryError> {
+        self.started.notify_one();
+        self.release.notified().await;
+        Ok(Outcome::Delivered)
+    }
+}
+
+/// The value of `herald_in_flight_requests`.
+async fn in_flight(addr: std::net::SocketAddr) -> f64 {
+    get_text(addr, "/metrics")
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_in_flight_requests ")?.trim().parse().ok())
+        .expect("herald_in_flight_requests")
+}
+
+/// A homeserver hangs up while its notification is being delivered, then the gateway is told to
+/// stop: the delivery must still be recorded (the store stays open until it is), or the
+/// homeserver's retry would alert the device twice.
+#[tokio::test]
+async fn shutdown_waits_for_deliveries_whose_client_hung_up() {
+    use tokio::io::AsyncWriteExt;
+    let (logs, _guard) = crate::observability::LogCapture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "[apps.\"com.example.gated\"]\nkind = \"gated\"\n");
+    let gated = Gated::default();
+    let mut registry = crate::common::registry(&herald_testkit::scripted::ScriptedBackend::new());
+    let backend = gated.clone();
+    registry.register("gated", move |_, _| Ok(Arc::new(backend.clone())));
+    let server = herald_server::Server::bind(&cfg, &registry).await.unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut stopping = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+
+    let body = message("$hung-up", "com.example.gated", "k").to_string();
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /_matrix/push/v1/notify HTTP/1.1\r\nHost: herald\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    gated.started.notified().await;
+    drop(client);
+    // The server has seen the hang-up once the request is no longer in flight.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while in_flight(addr).await > 0.0 {
+        assert!(Instant::now() < deadline, "the hang-up was never noticed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let _ = stop.send(());
+    // Either the server says it waits for the delivery (then it may finish), or it stopped without
+    // waiting: then the delivery finishes after the store closed, and the record below is missing.
+    let stopped_early = loop {
+        if !logs.events("waiting for deliveries in flight before closing the store").is_empty() {
+            break false;
+        }
+        if stopping.is_finished() {
+            break true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    gated.release.notify_one();
+    if stopped_early {
+        // Let the orphaned delivery run into the closed store.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while logs.lines().iter().all(|l| l["level"] != "ERROR") {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .ok();
+    }
+    (&mut stopping).await.unwrap().unwrap();
+
+    let errors: Vec<_> = logs.lines().into_iter().filter(|l| l["level"] == "ERROR").collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let url = format!("sqlite://{}/herald.db", dir.path().display());
+    let options = SqliteStoreOptions { ttl: Duration::from_secs(3600), max_batch: 8 };
+    let store = SqliteStore::open(&url, options).await.unwrap();
+    let key = DedupKey::new("$hung-up", "com.example.gated", "k");
+    assert!(store.was_delivered(&key).await.unwrap(), "the delivery was not recorded");
+    store.close().await;
+}
+
+/// A store around SQLite whose pruning panics, or that reports a dead background task on demand.
+struct Faulty {
+    inner: SqliteStore,
+    panic_on_prune: bool,
+    fail: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl DedupStore for Faulty {
+    async fn was_delivered(&self, key: &DedupKey) -> Result<bool, StoreError> {
+        self.inner.was_delivered(key).await
+    }
+    async fn record_delivered(&self, key: DedupKey) -> Result<(), StoreError> {
+        self.inner.record_delivered(key).await
+    }
+    async fn prune_expired(&self) -> Result<u64, StoreError> {
+        assert!(!self.panic_on_prune, "pruning bug");
+        self.inner.prune_expired().await
+    }
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+    async fn failed(&self) -> String {
+        self.fail.notified().await;
+        "the dedup store's writer panicked: test".into()
+    }
+}
+
+async fn faulty(dir: &std::path::Path, panic_on_prune: bool) -> Arc<Faulty> {
+    let url = format!("sqlite://{}/herald.db", dir.display());
+    let options = SqliteStoreOptions { ttl: Duration::from_secs(3600), max_batch: 8 };
+    let inner = SqliteStore::open(&url, options).await.unwrap();
+    Arc::new(Faulty { inner, panic_on_prune, fail: tokio::sync::Notify::new() })
+}
+
+#[tokio::test]
+async fn a_dead_pruner_stops_the_server_with_an_error() {
+    let (logs, _guard) = crate::observability::LogCapture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "[store]\nprune_interval = \"100ms\"\n");
+    let registry = crate::common::registry(&herald_testkit::scripted::ScriptedBackend::new());
+    let store = faulty(dir.path(), true).await;
+    let server = herald_server::Server::bind_with_store(&cfg, &registry, store).await.unwrap();
+    // Never told to stop: only the dead pruner ends it.
+    let result = tokio::time::timeout(Duration::from_secs(10), server.run(std::future::pending()))
+        .await
+        .expect("the server keeps running without its pruner");
+    let why = result.unwrap_err().to_string();
+    assert!(why.contains("pruner panicked: pruning bug"), "{why}");
+    let errors = logs.events("a background task died: stopping the server");
+    assert_eq!(errors.len(), 1, "{}", logs.text());
+    assert_eq!(errors[0]["level"], "ERROR");
+}
+
+#[tokio::test]
+async fn a_dead_store_task_stops_the_server_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let registry = crate::common::registry(&herald_testkit::scripted::ScriptedBackend::new());
+    let store = faulty(dir.path(), false).await;
+    let server =
+        herald_server::Server::bind_with_store(&cfg, &registry, store.clone()).await.unwrap();
+    let addr = server.local_addr();
+    let running = tokio::spawn(server.run(std::future::pending()));
+    assert_eq!(
+        post(addr, "/_matrix/push/v1/notify", message("$e", APP, "k").to_string()).await.0,
+        200
+    );
+    store.fail.notify_one();
+    let result = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the server keeps running without its store")
+        .unwrap();
+    assert!(result.unwrap_err().to_string().contains("writer panicked"));
+    // It stopped serving.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }

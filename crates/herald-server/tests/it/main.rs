@@ -3,8 +3,17 @@
 #![allow(unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 mod common;
+mod config_checks;
+// The shipped configurations contain a WebPush app.
+#[cfg(feature = "webpush")]
 mod configs;
 mod dispatch;
+mod edge;
 mod handlers;
+mod leniency;
 mod lifecycle;
+mod limits;
+mod observability;
+mod store;
+#[cfg(feature = "webpush")]
 mod webpush;
