@@ -18,8 +18,8 @@ pub mod redact;
 pub mod routing;
 
 pub use backend::{
-    parse_retry_after, AppContext, Backend, BackendFactory, BuildError, DeliveryError, ErrorClass,
-    Outcome,
+    parse_retry_after, AppContext, Backend, BackendFactory, BackendMetrics, BuildError,
+    CallContext, DeliveryError, ErrorClass, MessageId, Outcome, Upstream,
 };
 pub use model::{Counts, Device, Notification, NotifyRequest, ParseError, Priority};
 pub use raw::RawObject;

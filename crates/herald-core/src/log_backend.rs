@@ -8,7 +8,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use crate::backend::{AppContext, Backend, BackendFactory, BuildError, DeliveryError, Outcome};
+use crate::backend::{
+    AppContext, Backend, BackendFactory, BuildError, CallContext, DeliveryError, Outcome, Upstream,
+};
 use crate::model::{Device, Notification};
 use crate::redact::PushkeyHash;
 
@@ -28,11 +30,12 @@ pub struct LogBackend {
     include_content: bool,
 }
 
+#[async_trait]
 impl BackendFactory for LogBackend {
     const KIND: &'static str = "log";
     type Config = LogConfig;
 
-    fn build(app: &AppContext, config: LogConfig) -> Result<Arc<dyn Backend>, BuildError> {
+    async fn build(app: &AppContext, config: LogConfig) -> Result<Arc<dyn Backend>, BuildError> {
         Ok(Arc::new(LogBackend {
             app_id: app.app_id.clone(),
             include_content: config.include_content,
@@ -44,6 +47,7 @@ impl BackendFactory for LogBackend {
 impl Backend for LogBackend {
     async fn deliver(
         &self,
+        _call: &CallContext,
         notification: &Notification,
         device: &Device,
     ) -> Result<Outcome, DeliveryError> {
@@ -65,6 +69,6 @@ impl Backend for LogBackend {
             content = content.map(tracing::field::display),
             "would deliver notification"
         );
-        Ok(Outcome::Delivered)
+        Ok(Outcome::Delivered(Upstream::no_answer("dry_run")))
     }
 }

@@ -7,7 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::{Backend, DeliveryError, Device, ErrorClass, Notification, Outcome};
+use herald_core::{
+    Backend, CallContext, DeliveryError, Device, ErrorClass, MessageId, Notification, Outcome,
+    Upstream,
+};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -83,16 +86,19 @@ impl RetryPolicy {
         app: &App,
         notification: &Notification,
         device: &Device,
+        message_id: MessageId,
         deadline: Instant,
     ) -> Result<Outcome, LayerError> {
         let started = Instant::now();
         let mut tally = Tally::default();
-        let result = self.attempts(app, notification, device, deadline, &mut tally).await;
+        let result =
+            self.attempts(app, notification, device, message_id, deadline, &mut tally).await;
         if tally.attempts > 1 {
             let outcome = match &result {
-                Ok(Outcome::Delivered) => "delivered",
+                Ok(Outcome::Delivered(_)) => "delivered",
                 Ok(Outcome::Skipped(_)) => "skipped",
-                Ok(Outcome::TokenDead(_)) => "token_dead",
+                Ok(Outcome::TokenDead { .. }) => "token_dead",
+                Ok(_) => "other",
                 Err(LayerError::Deadline) => "deadline",
                 Err(LayerError::Backend(e)) => e.class().as_str(),
             };
@@ -112,6 +118,7 @@ impl RetryPolicy {
         app: &App,
         notification: &Notification,
         device: &Device,
+        message_id: MessageId,
         deadline: Instant,
         tally: &mut Tally,
     ) -> Result<Outcome, LayerError> {
@@ -123,17 +130,31 @@ impl RetryPolicy {
                     .await
                     .map_err(|_| LayerError::Deadline)?;
                 let started = Instant::now();
-                let result =
-                    tokio::time::timeout_at(deadline, app.backend.deliver(notification, device))
-                        .await;
+                // The backend sees the deadline as it is; `std` instants, as herald-core has no
+                // tokio.
+                let call = CallContext::new(deadline.into_std(), attempt, message_id);
+                let result = tokio::time::timeout_at(
+                    deadline,
+                    app.backend.deliver(&call, notification, device),
+                )
+                .await;
                 app.metrics.upstream_seconds.observe(started.elapsed().as_secs_f64());
                 result.map_err(|_| LayerError::Deadline)?
             };
-            if let Err(e) = &result {
-                app.metrics.count_error(e.class().as_str(), e.reason());
-            }
+            app.metrics.count_response(match &result {
+                Ok(Outcome::Delivered(upstream) | Outcome::TokenDead { upstream, .. }) => {
+                    Some(*upstream)
+                }
+                Ok(_) => None,
+                Err(e) => Some(e.upstream().unwrap_or(Upstream::no_answer("unspecified"))),
+            });
             let error = match result {
                 Ok(outcome) => return Ok(outcome),
+                // Backends time their calls out at the deadline (`CallContext::timeout`): a
+                // transient failure there is the deadline passing, whichever timer fired first.
+                Err(e) if e.class() == ErrorClass::Transient && Instant::now() >= deadline => {
+                    return Err(LayerError::Deadline)
+                }
                 Err(e) if e.class() == ErrorClass::Transient && attempt < self.max_attempts => e,
                 Err(e) => return Err(LayerError::Backend(e)),
             };
@@ -220,17 +241,30 @@ mod tests {
                 .unwrap()
                 .notification;
             let (app, policy) = (&app, &policy);
+            let id = MessageId::from_bytes(
+                *crate::store::DedupKey::new("$e", "app", pushkey).as_bytes(),
+            );
             async move {
                 let deadline = Instant::now() + Duration::from_secs(5);
-                policy.deliver(app, &n, &n.devices[0], deadline).await
+                policy.deliver(app, &n, &n.devices[0], id, deadline).await
             }
         };
 
         // First time right: nothing at INFO.
-        assert!(matches!(deliver("first-time").await, Ok(Outcome::Delivered)));
+        assert!(matches!(deliver("first-time").await, Ok(Outcome::Delivered(_))));
         assert!(logs.lines().is_empty(), "{:?}", logs.lines());
 
-        assert!(matches!(deliver("secret-pushkey-1").await, Ok(Outcome::Delivered)));
+        assert!(matches!(deliver("secret-pushkey-1").await, Ok(Outcome::Delivered(_))));
+        // The backend saw attempts 1 and 2 of one message: the same id, usable upstream as an
+        // idempotency key (APNs apns-id).
+        let calls: Vec<_> = backend
+            .attempts()
+            .into_iter()
+            .filter(|a| a.pushkey == "secret-pushkey-1")
+            .map(|a| (a.attempt, a.message_id))
+            .collect();
+        let id = calls[0].1;
+        assert_eq!(calls, vec![(1, id), (2, id)]);
         assert!(matches!(deliver("secret-pushkey-2").await, Err(LayerError::Backend(_))));
         let lines = logs.lines();
         assert_eq!(lines.len(), 2, "{lines:?}");

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use herald_core::redact::PushkeyHash;
-use herald_core::{AppRouter, Device, ErrorClass, Notification, Outcome};
+use herald_core::{AppRouter, Device, ErrorClass, MessageId, Notification, Outcome};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -152,6 +152,11 @@ impl Dispatcher {
         self
     }
 
+    /// Every configured app.
+    pub fn apps(&self) -> impl Iterator<Item = &Arc<App>> {
+        self.router.iter().map(|(_, app)| app)
+    }
+
     /// The dedup store.
     pub fn store(&self) -> &Arc<dyn DedupStore> {
         &self.store
@@ -250,7 +255,12 @@ impl Dispatcher {
             pushkey = %PushkeyHash::of(&device.pushkey),
         );
         let result = match n.dedup_event_id() {
-            None => self.deliver(app, n, device, deadline).instrument(span.clone()).await,
+            None => {
+                // Badge-only updates are never deduplicated; their message id only has to stay
+                // the same across this request's retries.
+                let id = MessageId::from_bytes(fastrand::u128(..).to_le_bytes());
+                self.deliver(app, n, device, id, deadline).instrument(span.clone()).await
+            }
             Some(event_id) => {
                 let key = DedupKey::new(event_id, &device.app_id, &device.pushkey);
                 self.deliver_once(app, n, device, key, deadline).instrument(span.clone()).await
@@ -306,7 +316,8 @@ impl Dispatcher {
                 }
                 Err(_) => return DeviceResult::Failed(Failure::Deadline),
             }
-            let result = self.deliver(app, n, device, deadline).await;
+            let id = MessageId::from_bytes(*key.as_bytes());
+            let result = self.deliver(app, n, device, id, deadline).await;
             if !matches!(result, DeviceResult::Delivered | DeviceResult::Skipped) {
                 guard.finish(false);
                 return result;
@@ -331,10 +342,11 @@ impl Dispatcher {
         app: &App,
         n: &Notification,
         device: &Device,
+        message_id: MessageId,
         deadline: Instant,
     ) -> DeviceResult {
-        match self.policy.deliver(app, n, device, deadline).await {
-            Ok(Outcome::Delivered) => {
+        match self.policy.deliver(app, n, device, message_id, deadline).await {
+            Ok(Outcome::Delivered(_)) => {
                 tracing::debug!("delivered");
                 DeviceResult::Delivered
             }
@@ -342,19 +354,23 @@ impl Dispatcher {
                 tracing::debug!(reason = why, "skipped");
                 DeviceResult::Skipped
             }
-            Ok(Outcome::TokenDead(why)) => {
-                tracing::info!(reason = %why, "token dead: pushkey rejected");
+            Ok(Outcome::TokenDead { upstream, detail }) => {
+                tracing::info!(
+                    status = upstream.status,
+                    reason = upstream.reason,
+                    detail = %detail,
+                    "token dead: pushkey rejected"
+                );
                 DeviceResult::Rejected
             }
+            // An outcome added to herald-core after this server was written: nothing failed, and
+            // only `TokenDead` may ever reject a pushkey.
+            Ok(_) => DeviceResult::Skipped,
             Err(LayerError::Deadline) => {
                 tracing::warn!("request deadline passed before delivery succeeded");
                 DeviceResult::Failed(Failure::Deadline)
             }
             Err(LayerError::Backend(e)) => match e.class() {
-                ErrorClass::Transient => {
-                    tracing::warn!(error = %e.message(), "transient upstream failure after retries");
-                    DeviceResult::Failed(Failure::Transient)
-                }
                 ErrorClass::CredentialsRefused => {
                     tracing::error!(
                         backend = %app.kind,
@@ -366,6 +382,12 @@ impl Dispatcher {
                 ErrorClass::MessageRefused => {
                     tracing::warn!(error = %e.message(), "upstream refused the message; dropped");
                     DeviceResult::MessageRefused
+                }
+                // A class added later is treated as the safe one: the homeserver retries.
+                // (`Transient`, and any class added later)
+                _ => {
+                    tracing::warn!(error = %e.message(), "transient upstream failure after retries");
+                    DeviceResult::Failed(Failure::Transient)
                 }
             },
         }

@@ -101,7 +101,8 @@ async fn check_config(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let apps = match herald_server::server::check_apps(&config, &BackendRegistry::compiled()) {
+    let apps = match herald_server::server::check_apps(&config, &BackendRegistry::compiled()).await
+    {
         Ok(n) => n,
         Err(e) => {
             eprintln!("herald: invalid configuration: {e}");

@@ -10,6 +10,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use herald_core::Upstream;
 
 type Labels = Vec<(&'static str, String)>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
@@ -62,7 +66,8 @@ fn status_label(status: u16) -> String {
 
 /// All of one server's metrics.
 pub struct Metrics {
-    registry: Registry,
+    /// Shared with backends, which register their own metrics at build time.
+    registry: Arc<Mutex<Registry>>,
     requests: Family<Labels, Counter>,
     /// The notify route's counters, resolved once: it is the only busy route.
     notify_by_status: Vec<Counter>,
@@ -70,7 +75,7 @@ pub struct Metrics {
     notifications: Family<Labels, Counter>,
     upstream_seconds: HistogramFamily,
     retries: Family<Labels, Counter>,
-    upstream_errors: Family<Labels, Counter>,
+    upstream_responses: Family<Labels, Counter>,
     store_seconds: HistogramFamily,
     /// Notify requests being handled right now (only notify: a scrape does not count itself).
     pub in_flight: Gauge,
@@ -97,7 +102,8 @@ pub const OUTCOMES: [&str; 10] = [
 pub struct AppMetrics {
     outcomes: [Counter; OUTCOMES.len()],
     app: String,
-    errors: Family<Labels, Counter>,
+    responses_family: Family<Labels, Counter>,
+    responses: Arc<Mutex<HashMap<(u16, &'static str), Counter>>>,
     /// Upstream call latency (one observation per attempt).
     pub upstream_seconds: Histogram,
     /// Retries after transient failures.
@@ -105,16 +111,24 @@ pub struct AppMetrics {
 }
 
 impl AppMetrics {
-    /// Counts one failed upstream attempt in `herald_upstream_errors_total{app, class, reason}`.
-    /// Failures are the rare path, so the labels are resolved here; reasons come from the
-    /// backends' fixed sets (`vapid_mismatch`, `endpoint_refused`, …), `unspecified` otherwise.
-    pub fn count_error(&self, class: &'static str, reason: Option<&'static str>) {
-        let labels = vec![
-            ("app", self.app.clone()),
-            ("class", class.to_owned()),
-            ("reason", reason.unwrap_or("unspecified").to_owned()),
-        ];
-        self.errors.get_or_create(&labels).inc();
+    /// Counts one upstream answer in `herald_upstream_responses_total{app, status, reason}`
+    /// (`status="none"` when no answer came). Reasons come from the backends' fixed sets, so the
+    /// label set is bounded; each pair's counter is resolved once and then found in a small map.
+    pub fn count_response(&self, upstream: Option<Upstream>) {
+        let Some(upstream) = upstream else { return };
+        let key = (upstream.status, upstream.reason);
+        let mut seen = self.responses.lock().unwrap_or_else(|p| p.into_inner());
+        let counter = seen.entry(key).or_insert_with(|| {
+            let status =
+                if upstream.status == 0 { "none".to_owned() } else { upstream.status.to_string() };
+            let labels = vec![
+                ("app", self.app.clone()),
+                ("status", status),
+                ("reason", upstream.reason.into()),
+            ];
+            self.responses_family.get_or_create(&labels).clone()
+        });
+        counter.inc();
     }
 
     /// Counts one device outcome (a name from [`OUTCOMES`]).
@@ -169,11 +183,11 @@ impl Metrics {
         );
         let retries = Family::default();
         registry.register("retries", "Delivery retries after transient errors", retries.clone());
-        let upstream_errors = Family::default();
+        let upstream_responses = Family::default();
         registry.register(
-            "upstream_errors",
-            "Failed upstream attempts, by app, error class and reason code",
-            upstream_errors.clone(),
+            "upstream_responses",
+            "Upstream answers by app, status (none: no answer) and the backend's reason code",
+            upstream_responses.clone(),
         );
         let store_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
         registry.register(
@@ -185,14 +199,14 @@ impl Metrics {
         registry.register("in_flight_requests", "Notify requests in progress", in_flight.clone());
         let connections = ConnectionMetrics::register(&mut registry);
         Metrics {
-            registry,
+            registry: Arc::new(Mutex::new(registry)),
             requests,
             notify_by_status,
             notify_other,
             notifications,
             upstream_seconds,
             retries,
-            upstream_errors,
+            upstream_responses,
             store_seconds,
             in_flight,
             connections,
@@ -212,7 +226,8 @@ impl Metrics {
         AppMetrics {
             outcomes,
             app: app.to_owned(),
-            errors: self.upstream_errors.clone(),
+            responses_family: self.upstream_responses.clone(),
+            responses: Arc::default(),
             upstream_seconds,
             retries,
         }
@@ -242,6 +257,11 @@ impl Metrics {
         }
     }
 
+    /// Where the backend of app `app` registers its own metrics.
+    pub fn backend(&self, app: &str) -> herald_core::BackendMetrics {
+        herald_core::BackendMetrics::new(self.registry.clone(), app)
+    }
+
     /// Notify requests answered so far, whatever the status.
     pub fn notify_requests_served(&self) -> u64 {
         self.notify_by_status.iter().chain([&self.notify_other]).map(Counter::get).sum()
@@ -251,7 +271,8 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8192);
         // Writing to a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = encode(&mut out, &registry);
         out
     }
 }

@@ -4,13 +4,23 @@
 //! registers exactly the ones compiled in. Tests register their own (scripted) backends.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use herald_core::log_backend::LogBackend;
 use herald_core::{AppContext, Backend, BackendFactory, BuildError};
 
-type BuildFn =
-    Box<dyn Fn(&AppContext, toml::Table) -> Result<Arc<dyn Backend>, BuildError> + Send + Sync>;
+/// What building one backend returns: its factory's future.
+pub type BuildFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Arc<dyn Backend>, BuildError>> + Send + 'a>>;
+
+type BuildFn = Box<dyn for<'a> Fn(&'a AppContext, toml::Table) -> BuildFuture<'a> + Send + Sync>;
+
+/// Backend kinds Herald has crates for, with the Cargo feature of `herald-server` that compiles
+/// each in: a configuration naming one that is not compiled in is told which feature it needs.
+pub const KNOWN_KINDS: [(&str, &str); 4] =
+    [("webpush", "webpush"), ("apns", "apns"), ("fcm", "fcm"), ("email", "email")];
 
 /// Maps a `kind` to a function building that backend from its config section.
 #[derive(Default)]
@@ -30,14 +40,21 @@ impl BackendRegistry {
 
     /// Registers a backend crate's factory under its `KIND`.
     pub fn register_factory<F: BackendFactory>(&mut self) {
-        self.register(F::KIND, |app, table| {
-            let config: F::Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-                .map_err(|e| match e.path().to_string().as_str() {
-                    "." => BuildError::new(e.inner()),
-                    path => BuildError::new(format_args!("`{path}`: {}", e.inner())),
-                })?;
-            F::build(app, config)
-        });
+        self.kinds.insert(
+            F::KIND,
+            Box::new(|app, table| {
+                Box::pin(async move {
+                    let config: F::Config = serde_path_to_error::deserialize(toml::Value::Table(
+                        table,
+                    ))
+                    .map_err(|e| match e.path().to_string().as_str() {
+                        "." => BuildError::new(e.inner()),
+                        path => BuildError::new(format_args!("`{path}`: {}", e.inner())),
+                    })?;
+                    F::build(app, config).await
+                })
+            }),
+        );
     }
 
     /// Registers a build function for `kind` (tests use this to inject backends).
@@ -49,22 +66,44 @@ impl BackendRegistry {
             + Sync
             + 'static,
     ) {
-        self.kinds.insert(kind, Box::new(build));
+        self.kinds.insert(
+            kind,
+            Box::new(move |app, table| {
+                let built = build(app, table);
+                Box::pin(async move { built })
+            }),
+        );
+    }
+
+    /// The kinds compiled in, in order.
+    pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds.keys().copied()
     }
 
     /// Builds the backend for one app.
-    pub fn build(
+    pub async fn build(
         &self,
         kind: &str,
         app: &AppContext,
         section: toml::Table,
     ) -> Result<Arc<dyn Backend>, BuildError> {
         match self.kinds.get(kind) {
-            Some(build) => build(app, section),
-            None => Err(BuildError::new(format_args!(
-                "unknown kind `{kind}`; this binary has: {}",
-                self.kinds.keys().copied().collect::<Vec<_>>().join(", ")
-            ))),
+            Some(build) => build(app, section).await,
+            None => Err(self.unknown(kind)),
+        }
+    }
+
+    fn unknown(&self, kind: &str) -> BuildError {
+        let compiled = self.kinds().collect::<Vec<_>>().join(", ");
+        match KNOWN_KINDS.iter().find(|(known, _)| *known == kind) {
+            Some((_, feature)) => BuildError::new(format_args!(
+                "kind `{kind}` is not compiled into this binary (it has: {compiled}); build \
+                 herald with the `{feature}` feature: cargo build -p herald-server --features \
+                 {feature}"
+            )),
+            None => {
+                BuildError::new(format_args!("unknown kind `{kind}`; this binary has: {compiled}"))
+            }
         }
     }
 }

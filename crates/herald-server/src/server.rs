@@ -65,22 +65,25 @@ pub struct Server {
     connections: Connections,
 }
 
+/// How long backends get to close their upstream connections on shutdown.
+const CLOSE_BACKENDS: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Builds every app's backend and the router; no I/O beyond what backends do at build time.
-pub fn build_apps(
+pub async fn build_apps(
     config: &Config,
     registry: &BackendRegistry,
     metrics: &Metrics,
 ) -> Result<AppRouter<Arc<App>>, StartError> {
-    build_apps_for(config, registry, metrics, false)
+    build_apps_for(config, registry, metrics, false).await
 }
 
 /// Builds every app as `herald check-config` does: backends are told (`AppContext::check_only`)
 /// to create nothing, e.g. no missing key file. Returns how many apps there are.
-pub fn check_apps(config: &Config, registry: &BackendRegistry) -> Result<usize, StartError> {
-    Ok(build_apps_for(config, registry, &Metrics::new(), true)?.iter().count())
+pub async fn check_apps(config: &Config, registry: &BackendRegistry) -> Result<usize, StartError> {
+    Ok(build_apps_for(config, registry, &Metrics::new(), true).await?.iter().count())
 }
 
-fn build_apps_for(
+async fn build_apps_for(
     config: &Config,
     registry: &BackendRegistry,
     metrics: &Metrics,
@@ -94,9 +97,11 @@ fn build_apps_for(
             data_dir: config.data_dir.clone(),
             config_dir: config.config_dir.clone(),
             check_only,
+            metrics: metrics.backend(key),
         };
         let backend = registry
             .build(&settings.kind, &context, settings.backend)
+            .await
             .map_err(|e| StartError::Config(format!("apps.\"{key}\": {e}")))?;
         let app = App {
             key: key.clone(),
@@ -173,7 +178,7 @@ impl Server {
         install_log_key(&config.data_dir)?;
         let metrics = Arc::new(Metrics::new());
         let connections = open_connections(config, &metrics);
-        let apps = build_apps(config, registry, &metrics)?;
+        let apps = build_apps(config, registry, &metrics).await?;
         let store = match store {
             Some(store) => store,
             None => open_store(config).await?,
@@ -234,6 +239,16 @@ impl Server {
         let mut refusals = crate::connections::WarnEvery::second();
         tracing::info!(listen = %self.local_addr(), "herald is serving");
         let trimmer = crate::memory::spawn_trimmer(self.state.metrics.clone());
+        // Warm-up needs the network, which start-up must not: it runs beside serving, and a
+        // failure is only logged (the first delivery tries again).
+        for app in self.state.dispatcher.apps() {
+            let app = app.clone();
+            tokio::spawn(async move {
+                if let Err(e) = app.backend.warm_up().await {
+                    tracing::warn!(app = %app.key, error = %e, "warming up the app failed");
+                }
+            });
+        }
         // A dead pruner would let the table grow forever, a dead store task fail every request:
         // either stops the server like a signal, and the process exits non-zero.
         let failure = std::sync::OnceLock::new();
@@ -345,6 +360,14 @@ impl Server {
             );
         }
         stop_pruner.abort();
+        // Upstream connections go after the deliveries that used them (HTTP/2 GOAWAY, SMTP QUIT).
+        let closing = self.state.dispatcher.apps().map(|app| app.backend.close());
+        if tokio::time::timeout(CLOSE_BACKENDS, futures_util::future::join_all(closing))
+            .await
+            .is_err()
+        {
+            tracing::warn!("backends did not close within {CLOSE_BACKENDS:?}");
+        }
         store.close().await;
         tracing::info!("stopped");
         match failure.get() {

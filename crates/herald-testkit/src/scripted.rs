@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herald_core::{Backend, DeliveryError, Device, Notification, Outcome};
+use herald_core::{Backend, CallContext, DeliveryError, Device, Notification, Outcome, Upstream};
 
 /// One scripted answer.
 #[derive(Debug, Clone)]
@@ -37,6 +37,10 @@ pub struct Attempt {
     pub pushkey: String,
     /// Whether this attempt delivered.
     pub delivered: bool,
+    /// The attempt number the delivery layer gave (1 = first).
+    pub attempt: u32,
+    /// The message id the delivery layer gave: the same on every retry of one message.
+    pub message_id: herald_core::MessageId,
 }
 
 /// The scriptable backend. Cheap to clone; clones share the script and the records.
@@ -87,6 +91,7 @@ impl ScriptedBackend {
 impl Backend for ScriptedBackend {
     async fn deliver(
         &self,
+        call: &CallContext,
         notification: &Notification,
         device: &Device,
     ) -> Result<Outcome, DeliveryError> {
@@ -101,20 +106,24 @@ impl Backend for ScriptedBackend {
             step = *inner;
         }
         let result = match step {
-            Step::Deliver => Ok(Outcome::Delivered),
+            Step::Deliver => Ok(Outcome::Delivered(Upstream::new(200, "ok"))),
             Step::Skip => Ok(Outcome::Skipped("scripted skip")),
-            Step::Dead => Ok(Outcome::TokenDead("scripted: token dead".into())),
-            Step::Transient(retry_after) => {
-                Err(DeliveryError::transient("scripted: 503").with_retry_after(retry_after))
-            }
-            Step::CredentialsRefused => Err(DeliveryError::credentials_refused("scripted: 403")),
-            Step::MessageRefused => Err(DeliveryError::message_refused("scripted: 413")),
+            Step::Dead => Ok(Outcome::token_dead(Upstream::new(410, "Unregistered"), "scripted")),
+            Step::Transient(retry_after) => Err(DeliveryError::transient("scripted: 503")
+                .with_upstream(Upstream::new(503, "unavailable"))
+                .with_retry_after(retry_after)),
+            Step::CredentialsRefused => Err(DeliveryError::credentials_refused("scripted: 403")
+                .with_upstream(Upstream::new(403, "bad_credentials"))),
+            Step::MessageRefused => Err(DeliveryError::message_refused("scripted: 413")
+                .with_upstream(Upstream::new(413, "too_large"))),
             Step::Delay(..) => unreachable!("delays are unwrapped above"),
         };
         self.lock().attempts.push(Attempt {
             event_id: notification.event_id.clone(),
             pushkey: device.pushkey.clone(),
-            delivered: matches!(result, Ok(Outcome::Delivered)),
+            delivered: matches!(result, Ok(Outcome::Delivered(_))),
+            attempt: call.attempt(),
+            message_id: call.message_id(),
         });
         result
     }

@@ -17,8 +17,8 @@ use bytes::Bytes;
 use herald_core::config::SecretSource;
 use herald_core::redact::PushkeyHash;
 use herald_core::{
-    parse_retry_after, AppContext, Backend, BackendFactory, BuildError, DeliveryError, Device,
-    Notification, Outcome, Priority,
+    parse_retry_after, AppContext, Backend, BackendFactory, BuildError, CallContext, DeliveryError,
+    Device, Notification, Outcome, Priority, Upstream,
 };
 use http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderName, HeaderValue, Request, StatusCode};
@@ -75,11 +75,15 @@ impl std::fmt::Debug for WebPushBackend {
     }
 }
 
+#[async_trait]
 impl BackendFactory for WebPushBackend {
     const KIND: &'static str = "webpush";
     type Config = WebPushConfig;
 
-    fn build(app: &AppContext, config: WebPushConfig) -> Result<Arc<dyn Backend>, BuildError> {
+    async fn build(
+        app: &AppContext,
+        config: WebPushConfig,
+    ) -> Result<Arc<dyn Backend>, BuildError> {
         let backend = WebPushBackend::new(app, config)?;
         if backend.key_pending {
             tracing::info!(
@@ -169,7 +173,7 @@ impl WebPushBackend {
             reason = %reason,
             "rejecting webpush subscription"
         );
-        Ok(Outcome::TokenDead(reason))
+        Ok(Outcome::token_dead(Upstream::no_answer("invalid_subscription"), reason))
     }
 
     async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answer, SendError> {
@@ -330,16 +334,22 @@ impl Answer {
         let status = self.status;
         if status.is_success() {
             jwt.accepted();
-            return Ok(Outcome::Delivered);
+            return Ok(Outcome::Delivered(Upstream::new(status.as_u16(), "ok")));
         }
         let said = Said::parse(&self.body);
         let text = format!("{origin} answered {status}{}", said.suffix());
+        let code = status.as_u16();
+        let upstream = |reason| Upstream::new(code, reason);
         match status.as_u16() {
             // The subscription expired or was unsubscribed.
-            404 | 410 => Ok(Outcome::TokenDead(text)),
-            429 | 500..=599 => {
-                Err(DeliveryError::transient(text).with_retry_after(self.retry_after))
-            }
+            404 => Ok(Outcome::token_dead(upstream("not_found"), text)),
+            410 => Ok(Outcome::token_dead(upstream("gone"), text)),
+            429 => Err(DeliveryError::transient(text)
+                .with_upstream(upstream("rate_limited"))
+                .with_retry_after(self.retry_after)),
+            500..=599 => Err(DeliveryError::transient(text)
+                .with_upstream(upstream("server_error"))
+                .with_retry_after(self.retry_after)),
             401 | 403 if said.key_mismatch || jwt.accepted_within(RECENT_SUCCESS) => {
                 // The origin takes our JWT for other subscriptions (or says so): this one was
                 // made with another applicationServerKey. Retrying cannot help, and the pusher
@@ -347,19 +357,20 @@ impl Answer {
                 Err(DeliveryError::message_refused(format!(
                     "{text}: the subscription was made with another VAPID key"
                 ))
-                .with_reason("vapid_mismatch"))
+                .with_upstream(upstream("vapid_mismatch")))
             }
             // The origin refuses our JWT for everyone: the operator's key or clock.
             401 | 403 => Err(DeliveryError::credentials_refused(format!(
                 "{text}: VAPID credentials refused"
             ))
-            .with_reason("vapid_refused")),
+            .with_upstream(upstream("vapid_refused"))),
             300..=399 => {
                 Err(DeliveryError::message_refused(format!("{text} (redirects are not followed)"))
-                    .with_reason("redirect"))
+                    .with_upstream(upstream("redirect")))
             }
             // 400 malformed, 413 too large (cannot happen: bodies are shrunk first), others.
-            _ => Err(DeliveryError::message_refused(text)),
+            413 => Err(DeliveryError::message_refused(text).with_upstream(upstream("too_large"))),
+            _ => Err(DeliveryError::message_refused(text).with_upstream(upstream("refused"))),
         }
     }
 }
@@ -395,6 +406,7 @@ fn describe(error: &dyn std::error::Error) -> String {
 impl Backend for WebPushBackend {
     async fn deliver(
         &self,
+        call: &CallContext,
         notification: &Notification,
         device: &Device,
     ) -> Result<Outcome, DeliveryError> {
@@ -451,7 +463,8 @@ impl Backend for WebPushBackend {
 
         let origin = endpoint.origin;
         // Waiting for one of the origin's slots counts against the request timeout.
-        let sent = tokio::time::timeout(self.request_timeout, self.send_capped(&origin, build));
+        let timeout = call.timeout(self.request_timeout);
+        let sent = tokio::time::timeout(timeout, self.send_capped(&origin, build));
         match sent.await {
             Ok(Ok((answer, jwt))) => {
                 let result = answer.classify(&origin, &jwt);
@@ -470,7 +483,9 @@ impl Backend for WebPushBackend {
                 }
                 result
             }
-            Ok(Err(SendError::Jwt(e))) => Err(DeliveryError::credentials_refused(e)),
+            Ok(Err(SendError::Jwt(e))) => {
+                Err(DeliveryError::credentials_refused(e).with_reason("vapid_signing"))
+            }
             Ok(Err(SendError::Build(e))) => {
                 Err(DeliveryError::message_refused(format!("cannot build the request: {e}")))
             }
@@ -490,17 +505,18 @@ impl Backend for WebPushBackend {
                     Err(DeliveryError::message_refused(format!(
                         "{origin} refused by the SSRF guard: {reason}"
                     ))
-                    .with_reason("endpoint_refused"))
+                    .with_upstream(Upstream::no_answer("endpoint_refused")))
                 }
                 None => Err(DeliveryError::transient(format!(
                     "request to {origin} failed: {}",
                     describe(&error)
-                ))),
+                ))
+                .with_upstream(Upstream::no_answer("connect"))),
             },
-            Err(_) => Err(DeliveryError::transient(format!(
-                "no answer from {origin} within {:?}",
-                self.request_timeout
-            ))),
+            Err(_) => {
+                Err(DeliveryError::transient(format!("no answer from {origin} within {timeout:?}"))
+                    .with_upstream(Upstream::no_answer("timeout")))
+            }
         }
     }
 }

@@ -11,7 +11,12 @@ fn repo_file(name: &str) -> std::path::PathBuf {
 }
 
 fn builds(config: &Config) -> usize {
-    build_apps(config, &BackendRegistry::compiled(), &Metrics::new()).unwrap().iter().count()
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime
+        .block_on(build_apps(config, &BackendRegistry::compiled(), &Metrics::new()))
+        .unwrap()
+        .iter()
+        .count()
 }
 
 #[test]

@@ -219,6 +219,7 @@ struct Concurrency {
 impl herald_core::Backend for Concurrency {
     async fn deliver(
         &self,
+        _: &herald_core::CallContext,
         _: &herald_core::Notification,
         _: &herald_core::Device,
     ) -> Result<herald_core::Outcome, herald_core::DeliveryError> {
@@ -229,7 +230,7 @@ impl herald_core::Backend for Concurrency {
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.now.fetch_sub(1, SeqCst);
         self.calls.fetch_add(1, SeqCst);
-        Ok(herald_core::Outcome::Delivered)
+        Ok(herald_core::Outcome::Delivered(herald_core::Upstream::new(200, "ok")))
     }
 }
 

@@ -176,10 +176,15 @@ struct Gated {
 
 #[async_trait::async_trait]
 impl Backend for Gated {
-    async fn deliver(&self, _: &Notification, _: &Device) -> Result<Outcome, DeliveryError> {
+    async fn deliver(
+        &self,
+        _: &herald_core::CallContext,
+        _: &Notification,
+        _: &Device,
+    ) -> Result<Outcome, DeliveryError> {
         self.started.notify_one();
         self.release.notified().await;
-        Ok(Outcome::Delivered)
+        Ok(Outcome::Delivered(herald_core::Upstream::new(200, "ok")))
     }
 }
 

@@ -74,6 +74,7 @@ impl Drop for InProgress {
 impl Backend for Counting {
     async fn deliver(
         &self,
+        _call: &herald_core::CallContext,
         _notification: &Notification,
         device: &Device,
     ) -> Result<Outcome, DeliveryError> {
@@ -89,7 +90,7 @@ impl Backend for Counting {
         }
         tokio::time::sleep(self.delay).await;
         *self.delivered.lock().unwrap().entry(device.pushkey.clone()).or_default() += 1;
-        Ok(Outcome::Delivered)
+        Ok(Outcome::Delivered(herald_core::Upstream::new(200, "ok")))
     }
 }
 

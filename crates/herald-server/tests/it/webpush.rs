@@ -93,11 +93,12 @@ async fn upstream_answers_become_the_right_http_answers() {
     assert_eq!(fake.received("/down").len(), 4, "bounded retries");
     assert_eq!(fake.received("/stale-key").len(), 1, "not retried");
     assert!(fake.all_received().iter().all(|r| r.version == http::Version::HTTP_2));
-    // Refusals are counted by reason, so operators can tell stale subscriptions from our key.
+    // Every answer is counted by status and reason, so operators can tell stale subscriptions
+    // from our key, and dead tokens from throttling.
     let metrics = server.metrics().await;
-    for reason in ["vapid_mismatch", "vapid_refused"] {
+    for reason in ["vapid_mismatch", "vapid_refused", "gone", "not_found", "rate_limited", "ok"] {
         assert!(
-            metrics.lines().any(|l| l.starts_with("herald_upstream_errors_total")
+            metrics.lines().any(|l| l.starts_with("herald_upstream_responses_total")
                 && l.contains(&format!(r#"reason="{reason}""#))),
             "{reason} not counted:\n{metrics}"
         );
@@ -158,10 +159,7 @@ async fn what_dns_says_drops_the_message_and_what_the_url_says_rejects_the_pushk
     }
     assert_eq!(fake.connections_accepted(), 0);
     let metrics = server.metrics().await;
-    assert!(
-        metrics.contains(r#"class="message_refused",reason="endpoint_refused"} 1"#),
-        "{metrics}"
-    );
+    assert!(metrics.contains(r#"status="none",reason="endpoint_refused"} 1"#), "{metrics}");
     server.stop().await;
 }
 

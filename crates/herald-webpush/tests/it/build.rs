@@ -5,7 +5,7 @@ use herald_core::config::SecretSource;
 use herald_core::{AppContext, BackendFactory};
 use herald_webpush::{generate_vapid_key, vapid_public_key, WebPushBackend, WebPushConfig};
 
-use crate::{app, test_ca};
+use crate::{app, block_on, test_ca};
 
 fn check_only(dir: &std::path::Path) -> AppContext {
     AppContext { check_only: true, ..app(dir) }
@@ -81,7 +81,7 @@ fn check_config_creates_no_key_but_checks_that_it_could() {
     let mut config = WebPushConfig::new("keys/vapid.pem", "mailto:ops@example.org");
     config.create_vapid_key_if_missing = true;
     config.ca_file = Some(test_ca().write_pem(dir.path()));
-    WebPushBackend::build(&check_only(dir.path()), config.clone()).expect("checks out");
+    block_on(WebPushBackend::build(&check_only(dir.path()), config.clone())).expect("checks out");
     assert!(!dir.path().join("keys").exists(), "no directory created");
     assert!(!dir.path().join("keys/vapid.pem").exists(), "no key created");
 

@@ -15,7 +15,8 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use herald_core::{
-    AppContext, Backend, BackendFactory, DeliveryError, Device, ErrorClass, Notification, Outcome,
+    AppContext, Backend, BackendFactory, CallContext, DeliveryError, Device, ErrorClass, MessageId,
+    Notification, Outcome, Upstream,
 };
 use herald_testkit::fake_push::{FakePushService, Protocols, TestSubscription};
 use herald_testkit::tls::TestCa;
@@ -54,7 +55,8 @@ impl Setup {
         config.allowed_endpoints = vec!["127.0.0.0/8".to_owned()];
         config.ca_file = Some(test_ca().write_pem(dir.path()));
         adjust(&mut config);
-        let backend = WebPushBackend::build(&app(dir.path()), config).expect("build backend");
+        let backend =
+            block_on(WebPushBackend::build(&app(dir.path()), config)).expect("build backend");
         Setup { backend, dir }
     }
 
@@ -67,17 +69,28 @@ impl Setup {
         notification: &Notification,
         device: &Device,
     ) -> Result<Outcome, DeliveryError> {
-        self.backend.deliver(notification, device).await
+        let call = CallContext::new(
+            std::time::Instant::now() + std::time::Duration::from_secs(30),
+            1,
+            MessageId::from_bytes([7; 16]),
+        );
+        self.backend.deliver(&call, notification, device).await
     }
 }
 
 fn app(dir: &Path) -> AppContext {
-    AppContext {
-        app_id: "org.example.web".to_owned(),
-        data_dir: dir.to_path_buf(),
-        config_dir: dir.to_path_buf(),
-        check_only: false,
-    }
+    AppContext::new("org.example.web", dir)
+}
+
+/// Runs a WebPush build: it loads keys and sets up the client without waiting on anything, so
+/// it completes on its first poll (and tests can build inside their runtime).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    futures_util::FutureExt::now_or_never(future).expect("the WebPush build never waits")
+}
+
+/// What the fake push service's 201 becomes.
+fn delivered() -> Outcome {
+    Outcome::Delivered(Upstream::new(201, "ok"))
 }
 
 /// A notification from the `notification` object of a notify request (without `devices`).
@@ -117,7 +130,7 @@ fn device_with(pushkey: &str, data: Value, extra: Value) -> Device {
 
 fn assert_dead(outcome: &Result<Outcome, DeliveryError>) -> String {
     match outcome {
-        Ok(Outcome::TokenDead(reason)) => reason.clone(),
+        Ok(Outcome::TokenDead { detail, .. }) => detail.clone(),
         other => panic!("expected TokenDead, got {other:?}"),
     }
 }

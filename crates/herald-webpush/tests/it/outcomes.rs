@@ -6,7 +6,7 @@ use herald_core::{ErrorClass, Outcome};
 use herald_testkit::fake_push::{Answer, MismatchStyle};
 use serde_json::json;
 
-use crate::{assert_refused_with, device, device_with, fake, message, Setup};
+use crate::{assert_refused_with, delivered, device, device_with, fake, message, Setup};
 
 #[tokio::test]
 async fn each_answer_maps_to_its_outcome() {
@@ -32,8 +32,8 @@ async fn each_answer_maps_to_its_outcome() {
         fake.script(&path, [answer.clone()]);
         let outcome = setup.deliver(&message("x"), &device(&sub, json!({}))).await;
         let got = match &outcome {
-            Ok(Outcome::Delivered) => Ok("delivered"),
-            Ok(Outcome::TokenDead(_)) => Ok("dead"),
+            Ok(Outcome::Delivered(_)) => Ok("delivered"),
+            Ok(Outcome::TokenDead { .. }) => Ok("dead"),
             Ok(other) => panic!("{answer:?}: unexpected {other:?}"),
             Err(e) => Err(e.class()),
         };
@@ -73,7 +73,7 @@ async fn retry_after_is_passed_on_in_seconds_and_dates() {
     assert!(wait > Duration::from_secs(110) && wait <= Duration::from_secs(120), "{wait:?}");
     let e = setup.deliver(&message("x"), &d).await.expect_err("500");
     assert_eq!((e.class(), e.retry_after()), (ErrorClass::Transient, None));
-    assert_eq!(setup.deliver(&message("x"), &d).await.expect("script used up"), Outcome::Delivered);
+    assert_eq!(setup.deliver(&message("x"), &d).await.expect("script used up"), delivered());
 }
 
 #[tokio::test]
@@ -89,7 +89,7 @@ async fn a_hanging_push_service_fails_within_the_request_timeout() {
     assert_eq!(e.class(), ErrorClass::Transient, "{e}");
     assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{took:?}");
     assert_eq!(fake.received("/push/a").len(), 1, "one attempt");
-    assert_eq!(setup.deliver(&message("x"), &d).await.expect("next works"), Outcome::Delivered);
+    assert_eq!(setup.deliver(&message("x"), &d).await.expect("next works"), delivered());
 }
 
 #[tokio::test]
@@ -102,7 +102,7 @@ async fn a_reset_connection_or_closed_port_is_transient() {
     let e = setup.deliver(&message("x"), &d).await.expect_err("reset");
     assert_eq!(e.class(), ErrorClass::Transient, "{e}");
     assert_eq!(fake.received("/push/a").len(), 1, "no silent retry of a sent request");
-    assert_eq!(setup.deliver(&message("x"), &d).await.expect("next works"), Outcome::Delivered);
+    assert_eq!(setup.deliver(&message("x"), &d).await.expect("next works"), delivered());
 
     // A port nobody listens on: connection refused.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -167,7 +167,7 @@ async fn a_subscription_made_with_another_key_is_refused_while_others_accept_our
     // Once the origin has accepted our JWT, the same 403 is that subscription's fault: the
     // message is dropped (200, not rejected), and nothing is retried.
     let ok = setup.deliver(&message("x"), &device(&fresh, json!({}))).await;
-    assert_eq!(ok.expect("fresh subscription"), Outcome::Delivered);
+    assert_eq!(ok.expect("fresh subscription"), delivered());
     let outcome = setup.deliver(&message("x"), &device(&stale, json!({}))).await;
     let text = assert_refused_with(&outcome, "vapid_mismatch");
     assert!(text.contains("https://127.0.0.1") && !text.contains("/push/"), "{text}");
@@ -175,7 +175,7 @@ async fn a_subscription_made_with_another_key_is_refused_while_others_accept_our
 
     // The subscription works with the key it was made with.
     let right = other.deliver(&message("x"), &device(&stale, json!({}))).await;
-    assert_eq!(right.expect("right key"), Outcome::Delivered);
+    assert_eq!(right.expect("right key"), delivered());
 }
 
 #[tokio::test]

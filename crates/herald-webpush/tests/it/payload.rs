@@ -4,7 +4,7 @@ use herald_core::Outcome;
 use herald_webpush::{BadgeUrgency, Urgency};
 use serde_json::{json, Value};
 
-use crate::{assert_dead, device, device_with, fake, message, notification, Setup};
+use crate::{assert_dead, delivered, device, device_with, fake, message, notification, Setup};
 
 #[tokio::test]
 async fn full_message_payload_and_headers() {
@@ -12,7 +12,7 @@ async fn full_message_payload_and_headers() {
     let sub = fake.subscribe("/push/a");
     let setup = Setup::new();
     let outcome = setup.deliver(&message("Hello"), &device(&sub, json!({}))).await;
-    assert_eq!(outcome.expect("delivered"), Outcome::Delivered);
+    assert_eq!(outcome.expect("delivered"), delivered());
 
     let got = fake.received("/push/a");
     assert_eq!(got.len(), 1);
@@ -56,7 +56,7 @@ async fn event_id_only_badge_only_and_invite_payloads() {
         "content": {"membership": "invite", "displayname": "Carol"}, "counts": {"unread": 2}
     }));
     for n in [&event_id_only, &badge_only, &invite] {
-        assert_eq!(setup.deliver(n, &d).await.expect("delivered"), Outcome::Delivered);
+        assert_eq!(setup.deliver(n, &d).await.expect("delivered"), delivered());
     }
 
     let payloads: Vec<Value> =
@@ -105,7 +105,7 @@ async fn events_only_skips_badge_updates() {
     assert!(fake.all_received().is_empty(), "nothing sent");
     assert_eq!(fake.connections_accepted(), 0);
 
-    assert_eq!(setup.deliver(&message("Hi"), &d).await.expect("event"), Outcome::Delivered);
+    assert_eq!(setup.deliver(&message("Hi"), &d).await.expect("event"), delivered());
     assert_eq!(fake.received("/push/a").len(), 1);
 }
 
@@ -275,10 +275,7 @@ async fn a_10kb_message_is_cut_to_fit_and_decrypts() {
 
     for (max, setup) in [(4096, Setup::new()), (1024, Setup::with(|c| c.max_payload_bytes = 1024))]
     {
-        assert_eq!(
-            setup.deliver(&message(&body), &d).await.expect("delivered"),
-            Outcome::Delivered
-        );
+        assert_eq!(setup.deliver(&message(&body), &d).await.expect("delivered"), delivered());
         let push = fake.received("/push/a").pop().expect("received");
         assert_eq!(push.rejection, None);
         assert!(push.body_len <= max, "{} > {max}", push.body_len);
@@ -302,7 +299,7 @@ async fn padded_keys_are_accepted() {
         json!({"endpoint": sub.endpoint, "auth": format!("{}==", sub.auth)}),
         json!({}),
     );
-    assert_eq!(setup.deliver(&message("x"), &d).await.expect("delivered"), Outcome::Delivered);
+    assert_eq!(setup.deliver(&message("x"), &d).await.expect("delivered"), delivered());
     assert!(fake.received("/push/a")[0].payload.is_some());
 }
 

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_core::{ErrorClass, Outcome};
+use herald_core::ErrorClass;
 use herald_testkit::fake_push::{Answer, FakePushService, Protocols};
 use serde_json::json;
 
-use crate::{device, fake, message, test_ca, Setup};
+use crate::{delivered, device, fake, message, test_ca, Setup};
 
 #[tokio::test]
 async fn sequential_sends_reuse_a_connection() {
@@ -17,7 +17,7 @@ async fn sequential_sends_reuse_a_connection() {
     let setup = Setup::new();
     let d = device(&sub, json!({}));
     for _ in 0..20 {
-        assert_eq!(setup.deliver(&message("x"), &d).await.expect("delivered"), Outcome::Delivered);
+        assert_eq!(setup.deliver(&message("x"), &d).await.expect("delivered"), delivered());
     }
     assert_eq!(fake.received("/push/a").len(), 20);
     // One, give or take a connection returning to the pool just after the next send began.
@@ -38,7 +38,7 @@ async fn concurrent_sends_share_connections() {
             let d = device(&sub, json!({}));
             for i in 0..EACH {
                 let outcome = setup.deliver(&message(&format!("{t}/{i}")), &d).await;
-                assert_eq!(outcome.expect("delivered"), Outcome::Delivered);
+                assert_eq!(outcome.expect("delivered"), delivered());
             }
         });
     }
@@ -69,7 +69,7 @@ async fn max_connections_per_host_caps_the_connections_to_an_http1_origin() {
         tasks.spawn(async move { setup.deliver(&message("x"), &device(&sub, json!({}))).await });
     }
     while let Some(done) = tasks.join_next().await {
-        assert_eq!(done.expect("task").expect("delivered"), Outcome::Delivered);
+        assert_eq!(done.expect("task").expect("delivered"), delivered());
     }
     let got = fake.all_received();
     assert_eq!(got.len(), SENDS);
@@ -114,5 +114,5 @@ async fn waiting_for_a_slot_counts_against_the_request_timeout() {
     assert_eq!(hanging.await.expect("task").expect_err("hang").class(), ErrorClass::Transient);
     // The slot is free again.
     let outcome = setup.deliver(&message("x"), &device(&later, json!({}))).await;
-    assert_eq!(outcome.expect("delivered"), Outcome::Delivered);
+    assert_eq!(outcome.expect("delivered"), delivered());
 }

@@ -69,7 +69,7 @@ async fn answer_bodies_and_endpoint_paths_never_reach_errors_or_logs() {
         let sub = fake.subscribe(&path);
         fake.script(&path, [answer]);
         match setup.deliver(&message("x"), &device(&sub, json!({}))).await {
-            Ok(herald_core::Outcome::TokenDead(reason)) => texts.push(reason),
+            Ok(herald_core::Outcome::TokenDead { detail, .. }) => texts.push(detail),
             Ok(other) => panic!("{other:?}"),
             Err(e) => texts.push(e.to_string()),
         }

@@ -6,11 +6,10 @@
 
 use std::net::{Ipv6Addr, SocketAddr};
 
-use herald_core::Outcome;
 use herald_testkit::fake_push::FakePushService;
 use serde_json::json;
 
-use crate::{assert_dead, assert_refused_with, device_with, fake, message, Setup};
+use crate::{assert_dead, assert_refused_with, delivered, device_with, fake, message, Setup};
 
 #[tokio::test]
 async fn endpoints_that_are_non_public_by_their_url_are_rejected() {
@@ -82,7 +81,7 @@ async fn cidr_entries_reach_non_public_addresses_by_address_and_by_name() {
         let d =
             device_with(&sub.p256dh, json!({"endpoint": endpoint, "auth": sub.auth}), json!({}));
         let outcome = setup.deliver(&message("x"), &d).await;
-        assert_eq!(outcome.expect(&endpoint), Outcome::Delivered, "{endpoint}");
+        assert_eq!(outcome.expect(&endpoint), delivered(), "{endpoint}");
     }
     assert_eq!(fake.received("/push/a").len(), 2);
     assert!(fake.received("/push/a").iter().all(|r| r.payload.is_some()));
@@ -131,7 +130,7 @@ async fn plain_http_is_allowed_per_address_block_and_host_name() {
         let d =
             device_with(&sub.p256dh, json!({"endpoint": endpoint, "auth": sub.auth}), json!({}));
         let outcome = setup.deliver(&message("x"), &d).await;
-        assert_eq!(outcome.expect(endpoint), Outcome::Delivered, "{endpoint}");
+        assert_eq!(outcome.expect(endpoint), delivered(), "{endpoint}");
     }
     let got = fake.received("/push/a");
     assert_eq!(got.len(), endpoints.len());
@@ -144,7 +143,7 @@ async fn plain_http_is_allowed_per_address_block_and_host_name() {
     let sub6 = fake6.subscribe("/push/6");
     let endpoint = format!("http://[::1]:{}/push/6", fake6.addr().port());
     let d = device_with(&sub6.p256dh, json!({"endpoint": endpoint, "auth": sub6.auth}), json!({}));
-    assert_eq!(setup.deliver(&message("x"), &d).await.expect("[::1]"), Outcome::Delivered);
+    assert_eq!(setup.deliver(&message("x"), &d).await.expect("[::1]"), delivered());
     assert!(fake6.received("/push/6")[0].payload.is_some());
     let refused = Setup::with(|c| c.allowed_endpoints = vec!["127.0.0.1:*".into()]);
     let d = device_with(
@@ -169,5 +168,5 @@ async fn the_allow_list_is_per_port() {
     );
     assert_dead(&setup.deliver(&message("x"), &d).await);
     let setup = Setup::with(|c| c.allowed_endpoints = vec![format!("127.0.0.1:{port}")]);
-    assert_eq!(setup.deliver(&message("x"), &d).await.expect("allowed"), Outcome::Delivered);
+    assert_eq!(setup.deliver(&message("x"), &d).await.expect("allowed"), delivered());
 }

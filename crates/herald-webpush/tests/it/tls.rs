@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use herald_core::{ErrorClass, Outcome};
+use herald_core::ErrorClass;
 use herald_testkit::fake_push::{FakePushService, Protocols};
 use herald_testkit::tls::TestCa;
 use http::Version;
 use serde_json::json;
 
-use crate::{device, message, test_ca, Setup};
+use crate::{delivered, device, message, test_ca, Setup};
 
 #[tokio::test]
 async fn h2_is_negotiated_when_offered_and_http1_otherwise() {
@@ -25,7 +25,7 @@ async fn h2_is_negotiated_when_offered_and_http1_otherwise() {
         let d = device(&sub, json!({}));
         for _ in 0..3 {
             let outcome = setup.deliver(&message("x"), &d).await;
-            assert_eq!(outcome.expect("delivered"), Outcome::Delivered, "{protocols:?}");
+            assert_eq!(outcome.expect("delivered"), delivered(), "{protocols:?}");
         }
         let got = fake.received("/push/a");
         assert!(got.iter().all(|r| r.version == version), "{protocols:?}: {:?}", got[0].version);
@@ -47,7 +47,7 @@ async fn concurrent_sends_share_one_http2_connection() {
         tasks.spawn(async move { setup.deliver(&message(&i.to_string()), &d).await });
     }
     while let Some(done) = tasks.join_next().await {
-        assert_eq!(done.expect("task").expect("delivered"), Outcome::Delivered);
+        assert_eq!(done.expect("task").expect("delivered"), delivered());
     }
     assert_eq!(fake.received("/push/a").len(), 41);
     assert_eq!(fake.connections_accepted(), 1, "streams on one HTTP/2 connection");

@@ -2,10 +2,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use herald_core::Outcome;
 use serde_json::json;
 
-use crate::{device, fake, message, Setup};
+use crate::{delivered, device, fake, message, Setup};
 
 #[tokio::test]
 async fn the_jwt_is_valid_and_reused_across_many_sends() {
@@ -14,7 +13,7 @@ async fn the_jwt_is_valid_and_reused_across_many_sends() {
     let setup = Setup::new();
     let d = device(&sub, json!({}));
     for _ in 0..25 {
-        assert_eq!(setup.deliver(&message("x"), &d).await.expect("delivered"), Outcome::Delivered);
+        assert_eq!(setup.deliver(&message("x"), &d).await.expect("delivered"), delivered());
     }
     let got = fake.received("/push/a");
     assert_eq!(got.len(), 25);
