@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 
 use crate::model::{Device, Notification};
+use crate::sync::lock;
 
 /// Delivers notifications to one kind of upstream (APNs, FCM, WebPush, email, …).
 ///
@@ -372,7 +373,7 @@ impl BackendMetrics {
         help: &str,
         metric: impl prometheus_client::registry::Metric,
     ) {
-        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let mut registry = lock(&self.registry);
         registry
             .sub_registry_with_label(("app".into(), self.app.clone().into()))
             .register(name, help, metric);

@@ -15,22 +15,15 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-/// Parses a duration in Herald's notation.
+/// Parses a duration in Herald's notation: a bare integer is seconds; anything else is
+/// `humantime`'s (`"500ms"`, `"20s"`, `"15m"`, `"24h"`, `"7d"`, and combinations like `"1h 30m"`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 =
-        number.parse().map_err(|_| format!("`{text}` is not a duration like \"20s\""))?;
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "d" => 86400.0,
-        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m, h or d)")),
-    };
-    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("`{text}`: {e}"))
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map(Duration::from_secs).map_err(|e| format!("`{text}`: {e}"));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like \"20s\", \"500ms\" or \"15m\": {e}"))
 }
 
 /// Formats a duration in Herald's notation (the shortest exact unit).
@@ -224,14 +217,23 @@ mod tests {
 
     #[test]
     fn parses_units() {
+        // Every value `format_duration` writes reads back as itself.
+        for d in [1, 500, 1500, 20_000, 900_000, 86_400_000, 7 * 86_400_000] {
+            let d = Duration::from_millis(d);
+            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
+        }
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("20s").unwrap(), Duration::from_secs(20));
         assert_eq!(parse_duration("20").unwrap(), Duration::from_secs(20));
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("").is_err());
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(parse_duration(" 1h 30m ").unwrap(), Duration::from_secs(5400));
+        for bad in ["5 parsecs", "", "-3", "20x", "s", "99999999999999999999"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains(bad.trim()), "{bad}: {e}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(900)), "15m");
         assert_eq!(format_duration(Duration::from_secs(86400)), "1d");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
     }

@@ -1,10 +1,12 @@
 //! Maps a device's `app_id` to the configured app.
 //!
-//! Exact names win; otherwise one glob pattern (`*` any run of characters, `?` one character) may
+//! Exact names win; otherwise one [`Glob`] (`*` any run of characters, `?` one character) may
 //! match. Two globs that could both match some app_id make routing ambiguous, so
 //! [`AppRouter::new`] refuses them at start-up instead of picking one at request time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use crate::glob::Glob;
 
 /// An app_id → app table.
 #[derive(Debug)]
@@ -36,7 +38,7 @@ impl<T> AppRouter<T> {
             if Glob::is_glob(&key) {
                 let glob = Glob::new(&key);
                 if let Some((other, _)) = globs.iter().find(|(g, _)| g.overlaps(&glob)) {
-                    return Err(RoutingError::OverlappingGlobs(other.source.clone(), key));
+                    return Err(RoutingError::OverlappingGlobs(other.as_str().to_owned(), key));
                 }
                 globs.push((glob, app));
             } else {
@@ -58,109 +60,7 @@ impl<T> AppRouter<T> {
         self.exact
             .iter()
             .map(|(k, v)| (k.as_str(), v))
-            .chain(self.globs.iter().map(|(g, v)| (g.source.as_str(), v)))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Token {
-    Star,
-    Any,
-    Char(char),
-}
-
-/// A compiled `*`/`?` pattern.
-#[derive(Debug, Clone)]
-struct Glob {
-    source: String,
-    tokens: Vec<Token>,
-}
-
-impl Glob {
-    fn is_glob(s: &str) -> bool {
-        s.contains(['*', '?'])
-    }
-
-    fn new(source: &str) -> Self {
-        let mut tokens: Vec<Token> = Vec::with_capacity(source.len());
-        for c in source.chars() {
-            let t = match c {
-                '*' => Token::Star,
-                '?' => Token::Any,
-                c => Token::Char(c),
-            };
-            // `**` means the same as `*`, and collapsing keeps matching linear.
-            if !(t == Token::Star && tokens.last() == Some(&Token::Star)) {
-                tokens.push(t);
-            }
-        }
-        Glob { source: source.to_owned(), tokens }
-    }
-
-    fn matches(&self, text: &str) -> bool {
-        // Iterative wildcard matching with single-star backtracking: O(len(text) * len(pattern)).
-        let text: Vec<char> = text.chars().collect();
-        let (mut p, mut t) = (0, 0);
-        let mut star: Option<(usize, usize)> = None;
-        while t < text.len() {
-            match self.tokens.get(p) {
-                Some(Token::Char(c)) if *c == text[t] => (p, t) = (p + 1, t + 1),
-                Some(Token::Any) => (p, t) = (p + 1, t + 1),
-                Some(Token::Star) => {
-                    star = Some((p, t));
-                    p += 1;
-                }
-                _ => match star {
-                    Some((sp, st)) => {
-                        star = Some((sp, st + 1));
-                        (p, t) = (sp + 1, st + 1);
-                    }
-                    None => return false,
-                },
-            }
-        }
-        self.tokens[p..].iter().all(|t| *t == Token::Star)
-    }
-
-    /// Whether some string matches both patterns (a search over the product of the two).
-    fn overlaps(&self, other: &Glob) -> bool {
-        let (a, b) = (&self.tokens, &other.tokens);
-        let mut seen = HashSet::new();
-        let mut stack = vec![(0usize, 0usize)];
-        while let Some((i, j)) = stack.pop() {
-            if !seen.insert((i, j)) {
-                continue;
-            }
-            match (a.get(i), b.get(j)) {
-                (None, None) => return true,
-                (Some(Token::Star), _) | (_, Some(Token::Star)) => {
-                    // A star either stops here or absorbs the character the other side matches.
-                    if a.get(i) == Some(&Token::Star) {
-                        stack.push((i + 1, j));
-                        if j < b.len() {
-                            stack.push((i, j + 1));
-                        }
-                    }
-                    if b.get(j) == Some(&Token::Star) {
-                        stack.push((i, j + 1));
-                        if i < a.len() {
-                            stack.push((i + 1, j));
-                        }
-                    }
-                }
-                (Some(x), Some(y)) => {
-                    let compatible = match (x, y) {
-                        (Token::Char(c), Token::Char(d)) => c == d,
-                        _ => true,
-                    };
-                    if compatible {
-                        stack.push((i + 1, j + 1));
-                    }
-                }
-                _ => {}
-            }
-        }
-        false
+            .chain(self.globs.iter().map(|(g, v)| (g.as_str(), v)))
     }
 }
 
@@ -179,19 +79,6 @@ mod tests {
         assert_eq!(r.route("im.vector.app.ios").unwrap(), "im.vector.*");
         assert_eq!(r.route("im.vector"), None);
         assert_eq!(r.route("org.other"), None);
-    }
-
-    #[test]
-    fn glob_matching() {
-        let g = Glob::new("a?c*");
-        assert!(g.matches("abc"));
-        assert!(g.matches("abcdef"));
-        assert!(!g.matches("ac"));
-        assert!(Glob::new("*.ios").matches("im.vector.ios"));
-        assert!(!Glob::new("*.ios").matches("im.vector.android"));
-        assert!(Glob::new("*a*b*").matches("xxaxxbxx"));
-        assert!(!Glob::new("*a*b*").matches("xxbxxaxx"));
-        assert!(Glob::new("é?").matches("éà"));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use herald_core::sync::lock;
 use tokio::sync::watch;
 
 use crate::store::DedupKey;
@@ -36,7 +37,7 @@ pub struct ClaimGuard<'a> {
 impl Claims {
     /// Claims `key`, or joins the owner's outcome.
     pub fn claim(&self, key: DedupKey) -> Claim<'_> {
-        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.in_flight);
         if let Some(rx) = map.get(&key) {
             return Claim::Wait(rx.clone());
         }
@@ -47,7 +48,7 @@ impl Claims {
 
     /// Keys in flight; for tests.
     pub fn len(&self) -> usize {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).len()
+        lock(&self.in_flight).len()
     }
 
     /// True when nothing is in flight.
@@ -65,7 +66,7 @@ impl ClaimGuard<'_> {
     fn release(&mut self, outcome: Option<bool>) {
         // Remove before publishing, so a waiter that sees "not delivered" and claims again finds
         // the key free.
-        self.claims.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        lock(&self.claims.in_flight).remove(&self.key);
         if let (Some(tx), Some(outcome)) = (self.outcome.take(), outcome) {
             let _ = tx.send(Some(outcome));
         }

@@ -210,7 +210,7 @@ impl Connections {
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        herald_core::sync::lock(&self.table)
     }
 
     fn now_us(&self) -> u64 {

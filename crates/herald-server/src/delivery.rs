@@ -48,18 +48,20 @@ struct Tally {
     last_error: Option<&'static str>,
 }
 
-/// Retry policy, from `[delivery]`.
+/// The delivery layer around every backend call: the per-app cap (`App::limiter`), the
+/// deadline, bounded retries with backoff or `Retry-After`, upstream metrics and the retry log
+/// line. Its settings come from `[delivery]`.
 #[derive(Debug, Clone)]
-pub struct RetryPolicy {
+pub struct DeliveryLayer {
     max_attempts: u32,
     initial_backoff: Duration,
     max_backoff: Duration,
 }
 
-impl RetryPolicy {
+impl DeliveryLayer {
     /// From the configuration.
     pub fn new(config: &DeliveryConfig) -> Self {
-        RetryPolicy {
+        DeliveryLayer {
             max_attempts: config.max_attempts,
             initial_backoff: config.initial_backoff,
             max_backoff: config.max_backoff,
@@ -230,7 +232,7 @@ mod tests {
             limiter: Semaphore::new(4),
             metrics: crate::metrics::Metrics::new().app("app"),
         };
-        let policy = RetryPolicy {
+        let layer = DeliveryLayer {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(5),
@@ -240,13 +242,13 @@ mod tests {
             let n = herald_core::NotifyRequest::from_slice(body.to_string().as_bytes())
                 .unwrap()
                 .notification;
-            let (app, policy) = (&app, &policy);
+            let (app, layer) = (&app, &layer);
             let id = MessageId::from_bytes(
                 *crate::store::DedupKey::new("$e", "app", pushkey).as_bytes(),
             );
             async move {
                 let deadline = Instant::now() + Duration::from_secs(5);
-                policy.deliver(app, &n, &n.devices[0], id, deadline).await
+                layer.deliver(app, &n, &n.devices[0], id, deadline).await
             }
         };
 
@@ -284,7 +286,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let p = RetryPolicy {
+        let p = DeliveryLayer {
             max_attempts: 10,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(1),

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::claims::{wait_for_owner, Claim, Claims};
-use crate::delivery::{App, LayerError, RetryPolicy};
+use crate::delivery::{App, DeliveryLayer, LayerError};
 use crate::metrics::{AppMetrics, StoreMetrics};
 use crate::store::{DedupKey, DedupStore};
 
@@ -75,7 +75,7 @@ impl Failure {
 
 /// The answer to one notify request.
 #[derive(Debug)]
-pub enum Answer {
+pub enum NotifyAnswer {
     /// 200 with these rejected pushkeys.
     Rejected(Vec<String>),
     /// A 5xx: at least one device failed in a way a retry can fix.
@@ -112,7 +112,7 @@ pub struct Dispatcher {
     router: AppRouter<Arc<App>>,
     store: Arc<dyn DedupStore>,
     claims: Claims,
-    policy: RetryPolicy,
+    delivery: DeliveryLayer,
     unknown_app: AppMetrics,
     store_metrics: StoreMetrics,
     /// The global budget of devices in flight (FIFO, so big requests interleave fairly).
@@ -127,7 +127,7 @@ impl Dispatcher {
     pub fn new(
         router: AppRouter<Arc<App>>,
         store: Arc<dyn DedupStore>,
-        policy: RetryPolicy,
+        delivery: DeliveryLayer,
         unknown_app: AppMetrics,
         store_metrics: StoreMetrics,
     ) -> Self {
@@ -136,7 +136,7 @@ impl Dispatcher {
             router,
             store,
             claims: Claims::default(),
-            policy,
+            delivery,
             unknown_app,
             store_metrics,
             budget: Semaphore::new(limits.max_in_flight_devices),
@@ -169,7 +169,7 @@ impl Dispatcher {
     }
 
     /// Delivers to every device (a bounded number at a time) and decides the answer.
-    pub async fn notify(&self, notification: &Notification, deadline: Instant) -> Answer {
+    pub async fn notify(&self, notification: &Notification, deadline: Instant) -> NotifyAnswer {
         let devices = &notification.devices;
         let mut failure: Option<Failure> = None;
         let mut merge = |result: &DeviceResult| {
@@ -213,8 +213,8 @@ impl Dispatcher {
             );
         }
         match failure {
-            Some(f) => Answer::Failed(f),
-            None => Answer::Rejected(rejected),
+            Some(f) => NotifyAnswer::Failed(f),
+            None => NotifyAnswer::Rejected(rejected),
         }
     }
 
@@ -345,7 +345,7 @@ impl Dispatcher {
         message_id: MessageId,
         deadline: Instant,
     ) -> DeviceResult {
-        match self.policy.deliver(app, n, device, message_id, deadline).await {
+        match self.delivery.deliver(app, n, device, message_id, deadline).await {
             Ok(Outcome::Delivered(_)) => {
                 tracing::debug!("delivered");
                 DeviceResult::Delivered

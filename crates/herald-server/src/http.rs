@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::dispatch::{Answer, Dispatcher};
+use crate::dispatch::{Dispatcher, NotifyAnswer};
 use crate::metrics::{Metrics, Route};
 
 /// The notify path of the Push Gateway API.
@@ -157,8 +157,8 @@ async fn notify(State(state): State<Arc<AppState>>, request: Request) -> Respons
         .tasks()
         .spawn(async move { dispatcher.notify(&notification, deadline).await }.instrument(span));
     match task.await {
-        Ok(Answer::Rejected(rejected)) => rejected_response(&rejected),
-        Ok(Answer::Failed(failure)) => error_response(
+        Ok(NotifyAnswer::Rejected(rejected)) => rejected_response(&rejected),
+        Ok(NotifyAnswer::Failed(failure)) => error_response(
             StatusCode::from_u16(failure.status()).unwrap_or(StatusCode::BAD_GATEWAY),
             "M_UNKNOWN",
             failure.message(),

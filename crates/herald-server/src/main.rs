@@ -11,9 +11,27 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use herald_server::{BackendRegistry, Config, Server};
 
+/// `herald --version`: the version and the backends compiled into this binary (one line per
+/// backend feature, beside `BackendRegistry::compiled`).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (backends: log", webpush!(), ")");
+
+#[cfg(feature = "webpush")]
+macro_rules! webpush {
+    () => {
+        ", webpush"
+    };
+}
+#[cfg(not(feature = "webpush"))]
+macro_rules! webpush {
+    () => {
+        ""
+    };
+}
+use webpush;
+
 /// Herald, a Matrix push gateway.
 #[derive(Parser)]
-#[command(name = "herald", version, about)]
+#[command(name = "herald", version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

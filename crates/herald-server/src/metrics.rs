@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use herald_core::sync::lock;
 use herald_core::Upstream;
 
 type Labels = Vec<(&'static str, String)>;
@@ -117,7 +118,7 @@ impl AppMetrics {
     pub fn count_response(&self, upstream: Option<Upstream>) {
         let Some(upstream) = upstream else { return };
         let key = (upstream.status, upstream.reason);
-        let mut seen = self.responses.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = lock(&self.responses);
         let counter = seen.entry(key).or_insert_with(|| {
             let status =
                 if upstream.status == 0 { "none".to_owned() } else { upstream.status.to_string() };
@@ -271,7 +272,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8192);
         // Writing to a String cannot fail.
-        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let registry = lock(&self.registry);
         let _ = encode(&mut out, &registry);
         out
     }

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ServerConfig};
 use crate::connections::{AcceptBackoff, Admission, Close, Connections};
-use crate::delivery::{App, RetryPolicy};
+use crate::delivery::{App, DeliveryLayer};
 use crate::dispatch::{DispatchLimits, Dispatcher};
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
@@ -187,7 +187,7 @@ impl Server {
             Dispatcher::new(
                 apps,
                 store.clone(),
-                RetryPolicy::new(&config.delivery),
+                DeliveryLayer::new(&config.delivery),
                 metrics.app("_unknown"),
                 metrics.store(),
             )

@@ -1,8 +1,9 @@
 //! [`WebPushBackend`]: one notification for one browser → one push-service request → an outcome.
 //!
-//! The backend owns one pooled HTTP client (hyper, rustls, the SSRF-guarded connector) and the
-//! per-origin state (request and connection caps, the VAPID JWT); it makes exactly one attempt per
-//! call and never sleeps, because retries and deadlines belong to the server's delivery layer.
+//! The backend owns one upstream client (`herald-upstream`: pooled, rustls, the per-origin cap,
+//! with the SSRF guard as its connect policy) and the per-origin VAPID JWTs; it makes exactly one
+//! attempt per call and never sleeps, because retries and deadlines belong to the server's
+//! delivery layer.
 //!
 //! Nothing a push service answers is logged or put into an error as text: answer bodies echo
 //! endpoint paths and tokens. Errors carry the origin, the status and a reason parsed from the
@@ -13,24 +14,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use herald_core::config::SecretSource;
 use herald_core::redact::PushkeyHash;
 use herald_core::{
     parse_retry_after, AppContext, Backend, BackendFactory, BuildError, CallContext, DeliveryError,
     Device, Notification, Outcome, Priority, Upstream,
 };
+use herald_upstream::{UpstreamClient, UpstreamError, UpstreamResponse};
 use http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderName, HeaderValue, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use openssl::ec::EcGroup;
 use openssl::nid::Nid;
 
 use crate::config::WebPushConfig;
-use crate::guard::{AddressRefused, EndpointPolicy, GuardedConnector, Refused};
+use crate::guard::{EndpointPolicy, Refused};
 use crate::origins::{Jwt, Origins};
 use crate::payload::{self, Shrink};
 use crate::subscription::Subscription;
@@ -39,22 +36,18 @@ use crate::vapid::{self, Vapid};
 const TTL: HeaderName = HeaderName::from_static("ttl");
 const URGENCY: HeaderName = HeaderName::from_static("urgency");
 const TOPIC: HeaderName = HeaderName::from_static("topic");
-/// Push services answer with a few bytes at most; more is read only to keep the connection.
+/// Push services answer with a few bytes at most; more is not kept.
 const MAX_ANSWER_BYTES: usize = 16 * 1024;
-/// Idle pooled connections are closed after this; push services close theirs after about a minute.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// A 401/403 from an origin that accepted the same JWT this recently is the subscription's fault
 /// (made with another applicationServerKey), not ours.
 const RECENT_SUCCESS: Duration = Duration::from_secs(10 * 60);
 
-type HttpClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
-
 /// Delivers notifications to browsers through their push services (RFC 8030), for one app.
 pub struct WebPushBackend {
     app_id: String,
-    client: HttpClient,
+    client: UpstreamClient,
     policy: Arc<EndpointPolicy>,
-    origins: Arc<Origins>,
+    origins: Origins,
     vapid: Vapid,
     /// `herald check-config` with a key that `serve` would create: the key is a throwaway.
     key_pending: bool,
@@ -62,7 +55,6 @@ pub struct WebPushBackend {
     ttl: HeaderValue,
     high_urgency: HeaderValue,
     badge_urgency: HeaderValue,
-    request_timeout: Duration,
     max_body: usize,
 }
 
@@ -111,6 +103,7 @@ impl WebPushBackend {
     /// `create_vapid_key_if_missing` would create is only checked to be creatable.
     pub fn new(app: &AppContext, config: WebPushConfig) -> Result<Self, BuildError> {
         config.validate()?;
+        let upstream = config.upstream(&app.config_dir);
         let (vapid, key_pending) = load_vapid(
             app,
             &config.vapid_private_key,
@@ -119,27 +112,12 @@ impl WebPushBackend {
         )?;
 
         let policy = Arc::new(EndpointPolicy::new(&config.allowed_endpoints)?);
-        let origins = Arc::new(Origins::new(config.max_connections_per_host));
-        let connector = GuardedConnector::new(
-            Arc::clone(&policy),
-            Arc::clone(&origins),
-            config.connect_timeout,
-        );
-        let ca_file = config.ca_file.as_deref().map(|p| app.resolve_path(p));
-        let tls = crate::tls::client_config(ca_file.as_deref())
-            .map_err(|e| BuildError::new(format!("webpush: {e}")))?;
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            // Plain http only ever reaches allow-listed endpoints: the policy checks first.
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(config.max_connections_per_host)
-            .build(https);
+        // Plain http only ever reaches allow-listed endpoints: the pre-check refuses the rest.
+        let client = UpstreamClient::builder(&upstream)
+            .connect_policy(Arc::clone(&policy) as _)
+            .max_answer_bytes(MAX_ANSWER_BYTES)
+            .build()
+            .map_err(upstream_build_error)?;
 
         let p256 = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)
             .map_err(|e| BuildError::new(format!("webpush: P-256 unavailable: {e}")))?;
@@ -147,14 +125,13 @@ impl WebPushBackend {
             app_id: app.app_id.clone(),
             client,
             policy,
-            origins,
+            origins: Origins::new(),
             vapid,
             key_pending,
             p256,
             ttl: HeaderValue::from(config.ttl.as_secs()),
             high_urgency: HeaderValue::from_static(config.urgency.as_str()),
             badge_urgency: HeaderValue::from_static(config.badge_urgency.as_str()),
-            request_timeout: config.request_timeout,
             max_body: config.max_payload_bytes,
         })
     }
@@ -175,37 +152,15 @@ impl WebPushBackend {
         );
         Ok(Outcome::token_dead(Upstream::no_answer("invalid_subscription"), reason))
     }
+}
 
-    async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answer, SendError> {
-        let response = self.client.request(request).await.map_err(SendError::Http)?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        // Reading the (tiny) answer to its end returns the connection to the pool.
-        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        Ok(Answer { status, retry_after, body })
-    }
-
-    /// Takes one of the origin's request slots, then sends; the caller bounds both with the
-    /// request timeout.
-    async fn send_capped(
-        &self,
-        origin: &str,
-        build: impl FnOnce(HeaderValue) -> Result<Request<Full<Bytes>>, http::Error>,
-    ) -> Result<(Answer, Arc<Jwt>), SendError> {
-        let state = self.origins.get(origin);
-        let jwt = state.jwt(&self.vapid, origin).map_err(SendError::Jwt)?;
-        let request = build(jwt.header.clone()).map_err(SendError::Build)?;
-        let _slot = state.request_slot().await;
-        let answer = self.send(request).await?;
-        Ok((answer, jwt))
+/// The upstream client's build error as the app's: it names the key (`ca_file`, `proxy`,
+/// `max_connections_per_host` …), which is WebPush's key of the same name, or the environment
+/// variable.
+fn upstream_build_error(error: herald_upstream::BuildError) -> BuildError {
+    match error {
+        herald_upstream::BuildError::Invalid { key, reason } => BuildError::invalid(key, reason),
+        other => BuildError::new(format!("webpush: {other}")),
     }
 }
 
@@ -279,20 +234,6 @@ fn writable(dir: &Path) -> Result<(), String> {
     }
 }
 
-/// Why a request got no answer.
-enum SendError {
-    Jwt(String),
-    Build(http::Error),
-    Http(hyper_util::client::legacy::Error),
-}
-
-/// What a push service said.
-struct Answer {
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    body: Bytes,
-}
-
 /// What an answer body says, parsed: never the text itself.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Said {
@@ -328,78 +269,88 @@ impl Said {
     }
 }
 
-impl Answer {
-    /// Maps the answer onto the outcome classes (domain.md §4).
-    fn classify(&self, origin: &str, jwt: &Jwt) -> Result<Outcome, DeliveryError> {
-        let status = self.status;
-        if status.is_success() {
-            jwt.accepted();
-            return Ok(Outcome::Delivered(Upstream::new(status.as_u16(), "ok")));
-        }
-        let said = Said::parse(&self.body);
-        let text = format!("{origin} answered {status}{}", said.suffix());
-        let code = status.as_u16();
-        let upstream = |reason| Upstream::new(code, reason);
-        match status.as_u16() {
-            // The subscription expired or was unsubscribed.
-            404 => Ok(Outcome::token_dead(upstream("not_found"), text)),
-            410 => Ok(Outcome::token_dead(upstream("gone"), text)),
-            429 => Err(DeliveryError::transient(text)
-                .with_upstream(upstream("rate_limited"))
-                .with_retry_after(self.retry_after)),
-            500..=599 => Err(DeliveryError::transient(text)
-                .with_upstream(upstream("server_error"))
-                .with_retry_after(self.retry_after)),
-            401 | 403 if said.key_mismatch || jwt.accepted_within(RECENT_SUCCESS) => {
-                // The origin takes our JWT for other subscriptions (or says so): this one was
-                // made with another applicationServerKey. Retrying cannot help, and the pusher
-                // may still work once the browser subscribes again, so it is not rejected.
-                Err(DeliveryError::message_refused(format!(
-                    "{text}: the subscription was made with another VAPID key"
-                ))
-                .with_upstream(upstream("vapid_mismatch")))
-            }
-            // The origin refuses our JWT for everyone: the operator's key or clock.
-            401 | 403 => Err(DeliveryError::credentials_refused(format!(
-                "{text}: VAPID credentials refused"
+/// Maps a push service's answer onto the outcome classes (domain.md §4).
+fn classify(answer: &UpstreamResponse, origin: &str, jwt: &Jwt) -> Result<Outcome, DeliveryError> {
+    let status = answer.status;
+    if status.is_success() {
+        jwt.accepted();
+        return Ok(Outcome::Delivered(Upstream::new(status.as_u16(), "ok")));
+    }
+    let said = Said::parse(&answer.body);
+    let retry_after = || {
+        answer
+            .headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()))
+    };
+    let text = format!("{origin} answered {status}{}", said.suffix());
+    let code = status.as_u16();
+    let upstream = |reason| Upstream::new(code, reason);
+    match status.as_u16() {
+        // The subscription expired or was unsubscribed.
+        404 => Ok(Outcome::token_dead(upstream("not_found"), text)),
+        410 => Ok(Outcome::token_dead(upstream("gone"), text)),
+        429 => Err(DeliveryError::transient(text)
+            .with_upstream(upstream("rate_limited"))
+            .with_retry_after(retry_after())),
+        500..=599 => Err(DeliveryError::transient(text)
+            .with_upstream(upstream("server_error"))
+            .with_retry_after(retry_after())),
+        401 | 403 if said.key_mismatch || jwt.accepted_within(RECENT_SUCCESS) => {
+            // The origin takes our JWT for other subscriptions (or says so): this one was
+            // made with another applicationServerKey. Retrying cannot help, and the pusher
+            // may still work once the browser subscribes again, so it is not rejected.
+            Err(DeliveryError::message_refused(format!(
+                "{text}: the subscription was made with another VAPID key"
             ))
-            .with_upstream(upstream("vapid_refused"))),
-            300..=399 => {
-                Err(DeliveryError::message_refused(format!("{text} (redirects are not followed)"))
-                    .with_upstream(upstream("redirect")))
-            }
-            // 400 malformed, 413 too large (cannot happen: bodies are shrunk first), others.
-            413 => Err(DeliveryError::message_refused(text).with_upstream(upstream("too_large"))),
-            _ => Err(DeliveryError::message_refused(text).with_upstream(upstream("refused"))),
+            .with_upstream(upstream("vapid_mismatch")))
         }
+        // The origin refuses our JWT for everyone: the operator's key or clock.
+        401 | 403 => {
+            Err(DeliveryError::credentials_refused(format!("{text}: VAPID credentials refused"))
+                .with_upstream(upstream("vapid_refused")))
+        }
+        300..=399 => {
+            Err(DeliveryError::message_refused(format!("{text} (redirects are not followed)"))
+                .with_upstream(upstream("redirect")))
+        }
+        // 400 malformed, 413 too large (cannot happen: bodies are shrunk first), others.
+        413 => Err(DeliveryError::message_refused(text).with_upstream(upstream("too_large"))),
+        _ => Err(DeliveryError::message_refused(text).with_upstream(upstream("refused"))),
     }
 }
 
-/// The first error of type `E` in `error`'s source chain.
-fn find<'a, E: std::error::Error + 'static>(
-    error: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a E> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if let Some(found) = e.downcast_ref::<E>() {
-            return Some(found);
+/// Maps a request that got no answer onto the outcome classes (`deliver` logs the guard's
+/// refusal first). The client's errors name the origin only, never the path.
+fn no_answer(error: UpstreamError) -> DeliveryError {
+    let reason = match &error {
+        UpstreamError::Refused { .. } => {
+            return DeliveryError::message_refused(format!("{error}"))
+                .with_upstream(Upstream::no_answer("endpoint_refused"));
         }
-        source = e.source();
-    }
-    None
-}
-
-/// The error and its causes on one line (hyper's top-level messages alone say little). None of
-/// them carries a URL path: the connector's errors name host and port only.
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
+        UpstreamError::InvalidRequest { .. } => {
+            // The pre-check makes this impossible; were it not, retrying could not help.
+            return DeliveryError::message_refused(format!("{error}"))
+                .with_upstream(Upstream::no_answer("invalid_request"));
+        }
+        UpstreamError::Timeout { .. } => "timeout",
+        UpstreamError::Tls { .. } => "tls",
+        UpstreamError::Proxy { .. } => "proxy",
+        UpstreamError::Protocol { .. } => "protocol",
+        UpstreamError::Connect { .. } => "connect",
+        // Whatever the client learns to report later, by what it says of retrying.
+        _ if !error.is_retryable() => {
+            return DeliveryError::message_refused(format!("{error}"))
+                .with_upstream(Upstream::no_answer("refused"))
+                .with_source(error);
+        }
+        _ => "connect",
+    };
+    // `{:#}`: the sentence and its causes on one line (what TLS said about the certificate).
+    DeliveryError::transient(format!("{error:#}"))
+        .with_upstream(Upstream::no_answer(reason))
+        .with_source(error)
 }
 
 #[async_trait]
@@ -447,27 +398,29 @@ impl Backend for WebPushBackend {
             (true, Some(room_id)) => Some(payload::topic(room_id)),
             _ => None,
         };
-        let ttl = self.ttl.clone();
-        let build = |authorization: HeaderValue| {
-            let mut request = Request::post(endpoint.uri)
-                .header(TTL, ttl)
-                .header(URGENCY, urgency)
-                .header(CONTENT_ENCODING, HeaderValue::from_static("aes128gcm"))
-                .header(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))
-                .header(AUTHORIZATION, authorization);
-            if let Some(topic) = topic {
-                request = request.header(TOPIC, topic);
-            }
-            request.body(Full::new(Bytes::from(body)))
-        };
-
         let origin = endpoint.origin;
+        let state = self.origins.get(&origin);
+        let jwt = match state.jwt(&self.vapid, &origin) {
+            Ok(jwt) => jwt,
+            Err(e) => {
+                return Err(DeliveryError::credentials_refused(e).with_reason("vapid_signing"))
+            }
+        };
+        let mut headers = HeaderMap::with_capacity(6);
+        headers.insert(TTL, self.ttl.clone());
+        headers.insert(URGENCY, urgency);
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("aes128gcm"));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        headers.insert(AUTHORIZATION, jwt.header.clone());
+        if let Some(topic) = topic {
+            headers.insert(TOPIC, topic);
+        }
+
         // Waiting for one of the origin's slots counts against the request timeout.
-        let timeout = call.timeout(self.request_timeout);
-        let sent = tokio::time::timeout(timeout, self.send_capped(&origin, build));
-        match sent.await {
-            Ok(Ok((answer, jwt))) => {
-                let result = answer.classify(&origin, &jwt);
+        let timeout = call.timeout(self.client.request_timeout());
+        match self.client.post(endpoint.uri, headers, body.into(), timeout).await {
+            Ok(answer) => {
+                let result = classify(&answer, &origin, &jwt);
                 if let Err(e) = &result {
                     if e.reason() == Some("vapid_mismatch") {
                         tracing::warn!(
@@ -483,40 +436,24 @@ impl Backend for WebPushBackend {
                 }
                 result
             }
-            Ok(Err(SendError::Jwt(e))) => {
-                Err(DeliveryError::credentials_refused(e).with_reason("vapid_signing"))
-            }
-            Ok(Err(SendError::Build(e))) => {
-                Err(DeliveryError::message_refused(format!("cannot build the request: {e}")))
-            }
-            Ok(Err(SendError::Http(error))) => match find::<AddressRefused>(&error) {
-                Some(AddressRefused(reason)) => {
-                    // What DNS said now, not what the subscription says: a split-horizon
-                    // resolver or a brief hijack must not reject (and so delete) every web
-                    // pusher. The message is dropped, not retried, and an operator is told.
-                    tracing::error!(
-                        backend = "webpush",
-                        app = %self.app_id,
-                        origin = %origin,
-                        reason = %reason,
-                        "push service name resolves only to addresses the SSRF guard refuses; \
-                         message dropped, subscription kept"
-                    );
-                    Err(DeliveryError::message_refused(format!(
-                        "{origin} refused by the SSRF guard: {reason}"
-                    ))
-                    .with_upstream(Upstream::no_answer("endpoint_refused")))
-                }
-                None => Err(DeliveryError::transient(format!(
-                    "request to {origin} failed: {}",
-                    describe(&error)
+            Err(UpstreamError::Refused { reason, .. }) => {
+                // What DNS said now, not what the subscription says: a split-horizon resolver
+                // or a brief hijack must not reject (and so delete) every web pusher. The
+                // message is dropped, not retried, and an operator is told.
+                tracing::error!(
+                    backend = "webpush",
+                    app = %self.app_id,
+                    origin = %origin,
+                    reason = %reason,
+                    "push service name resolves only to addresses the SSRF guard refuses; \
+                     message dropped, subscription kept"
+                );
+                Err(DeliveryError::message_refused(format!(
+                    "{origin} refused by the SSRF guard: {reason}"
                 ))
-                .with_upstream(Upstream::no_answer("connect"))),
-            },
-            Err(_) => {
-                Err(DeliveryError::transient(format!("no answer from {origin} within {timeout:?}"))
-                    .with_upstream(Upstream::no_answer("timeout")))
+                .with_upstream(Upstream::no_answer("endpoint_refused")))
             }
+            Err(error) => Err(no_answer(error)),
         }
     }
 }

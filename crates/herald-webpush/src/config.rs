@@ -1,10 +1,11 @@
 //! The configuration section of a `kind = "webpush"` app, with its defaults and checks.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use herald_core::config::SecretSource;
 use herald_core::BuildError;
+use herald_upstream::UpstreamConfig;
 use serde::Deserialize;
 
 /// Configuration of a `kind = "webpush"` app.
@@ -43,10 +44,15 @@ pub struct WebPushConfig {
     /// behind an internal CA. Relative paths resolve against the configuration file's directory.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Time allowed to resolve a push service's name and open a TCP connection.
+    /// Also trust the operating system's certificate store.
+    #[serde(default)]
+    pub system_roots: bool,
+    /// Time allowed to resolve a push service's name, open a TCP connection (or the proxy's
+    /// tunnel) and finish the TLS handshake.
     #[serde(default = "default_connect_timeout", with = "herald_core::config::duration")]
     pub connect_timeout: Duration,
-    /// Time allowed for one request to a push service, from sending to the end of the answer.
+    /// Time allowed for one request to a push service, from the wait for a slot to the end of
+    /// the answer.
     #[serde(default = "default_request_timeout", with = "herald_core::config::duration")]
     pub request_timeout: Duration,
     /// Requests in flight, and connections open, per push-service origin at most (so this many
@@ -54,6 +60,14 @@ pub struct WebPushConfig {
     /// waiting for a slot waits within its `request_timeout`.
     #[serde(default = "default_max_connections_per_host")]
     pub max_connections_per_host: usize,
+    /// An outbound HTTP proxy for this app (`http://[user:pass@]host:port`, an HTTP `CONNECT`
+    /// tunnel), or `"none"`; unset: `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` from the
+    /// environment decide (see `docs/upstream.md`).
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// With `proxy`: hosts that bypass it, in the `NO_PROXY` syntax.
+    #[serde(default)]
+    pub no_proxy: Option<String>,
     /// The largest encrypted body sent; the message text is shortened to fit. At most 4096, the
     /// size every push service must accept.
     #[serde(default = "default_max_payload_bytes")]
@@ -118,15 +132,15 @@ fn default_ttl() -> Duration {
 }
 
 fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
+    UpstreamConfig::DEFAULT_CONNECT_TIMEOUT
 }
 
 fn default_request_timeout() -> Duration {
-    Duration::from_secs(10)
+    UpstreamConfig::DEFAULT_REQUEST_TIMEOUT
 }
 
 fn default_max_connections_per_host() -> usize {
-    64
+    UpstreamConfig::DEFAULT_MAX_CONNECTIONS_PER_HOST
 }
 
 fn default_max_payload_bytes() -> usize {
@@ -145,9 +159,12 @@ impl WebPushConfig {
             badge_urgency: BadgeUrgency::default(),
             allowed_endpoints: Vec::new(),
             ca_file: None,
+            system_roots: false,
             connect_timeout: default_connect_timeout(),
             request_timeout: default_request_timeout(),
             max_connections_per_host: default_max_connections_per_host(),
+            proxy: None,
+            no_proxy: None,
             max_payload_bytes: default_max_payload_bytes(),
         }
     }
@@ -176,20 +193,30 @@ impl WebPushConfig {
                  not an environment variable",
             ));
         }
-        if self.max_connections_per_host == 0 {
-            return Err(BuildError::new("webpush: `max_connections_per_host` must be more than 0"));
-        }
         if u32::try_from(self.ttl.as_secs()).is_err() {
             return Err(BuildError::new("webpush: `ttl` is too long"));
         }
-        for (key, value) in
-            [("connect_timeout", self.connect_timeout), ("request_timeout", self.request_timeout)]
-        {
-            if value.is_zero() {
-                return Err(BuildError::new(format!("webpush: `{key}` must be more than 0")));
-            }
-        }
         Ok(())
+    }
+
+    /// The settings of the upstream HTTP client (`herald-upstream`), with relative paths
+    /// resolved against `config_dir`. The client's build checks them, naming the key.
+    pub(crate) fn upstream(&self, config_dir: &Path) -> UpstreamConfig {
+        let mut upstream = UpstreamConfig::default()
+            .with_system_roots(self.system_roots)
+            .with_connect_timeout(self.connect_timeout)
+            .with_request_timeout(self.request_timeout)
+            .with_max_connections_per_host(self.max_connections_per_host);
+        if let Some(ca_file) = &self.ca_file {
+            upstream = upstream.with_ca_file(ca_file);
+        }
+        if let Some(proxy) = &self.proxy {
+            upstream = upstream.with_proxy(proxy);
+        }
+        if let Some(no_proxy) = &self.no_proxy {
+            upstream = upstream.with_no_proxy(no_proxy);
+        }
+        upstream.resolve_paths(config_dir)
     }
 }
 
@@ -218,7 +245,8 @@ mod tests {
         let c = parse(
             r#"{"vapid_private_key":{"env":"VAPID_PEM"},"vapid_subject":"https://x","ttl":"1h",
             "urgency":"high","badge_urgency":"very-low","request_timeout":"500ms",
-            "allowed_endpoints":["a:*"],"ca_file":"ca.pem"}"#,
+            "allowed_endpoints":["a:*"],"ca_file":"ca.pem","proxy":"http://p:3128",
+            "no_proxy":"push.internal","system_roots":true,"max_connections_per_host":8}"#,
         )
         .expect("full config");
         assert_eq!(c.vapid_private_key, SecretSource::Env("VAPID_PEM".into()));
@@ -227,6 +255,15 @@ mod tests {
         assert_eq!(c.badge_urgency, BadgeUrgency::VeryLow);
         assert_eq!(c.ca_file, Some(PathBuf::from("ca.pem")));
         assert_eq!(c.request_timeout, Duration::from_millis(500));
+
+        // The flat keys are the upstream client's settings.
+        let u = c.upstream(Path::new("/etc/herald"));
+        assert_eq!(u.ca_file(), Some(Path::new("/etc/herald/ca.pem")));
+        assert_eq!(u.request_timeout(), Duration::from_millis(500));
+        assert_eq!(u.connect_timeout(), Duration::from_secs(5));
+        assert_eq!((u.proxy(), u.no_proxy()), (Some("http://p:3128"), Some("push.internal")));
+        assert!(u.system_roots());
+        assert_eq!(u.max_connections_per_host(), 8);
     }
 
     #[test]
@@ -244,13 +281,6 @@ mod tests {
         c.max_payload_bytes = 5000;
         assert!(c.validate().expect_err("too big").to_string().contains("max_payload_bytes"));
         c.max_payload_bytes = 4096;
-        c.request_timeout = Duration::ZERO;
-        assert!(c.validate().expect_err("zero").to_string().contains("request_timeout"));
-        c.request_timeout = Duration::from_secs(1);
-        c.max_connections_per_host = 0;
-        let e = c.validate().expect_err("zero").to_string();
-        assert!(e.contains("max_connections_per_host"), "{e}");
-        c.max_connections_per_host = 4;
         c.vapid_private_key = SecretSource::Env("K".into());
         c.create_vapid_key_if_missing = true;
         let e = c.validate().expect_err("cannot create a variable").to_string();

@@ -7,12 +7,16 @@
 //!   says: the scheme (`https`, or `http` only when allow-listed), no user info, a literal address,
 //!   and a host that can be a TLS server name. A refusal here is intrinsic to the subscription (no
 //!   network answer can change it), so the caller rejects the pushkey.
-//! - [`GuardedConnector`], the HTTP client's connector, judges what the network says: it resolves
-//!   the name itself, drops every non-public address the allow-list does not cover, and connects
-//!   only to an address it checked. Checking the address actually connected to defeats DNS
-//!   rebinding and names such as `localhost`. Its refusal ([`AddressRefused`]) is **not** a dead
-//!   token: a split-horizon resolver or a brief DNS hijack must not make Herald reject every web
-//!   pushkey (and the homeserver delete every web pusher).
+//! - [`EndpointPolicy`] as the upstream client's [`ConnectPolicy`] judges what the network says:
+//!   the client resolves the name, the policy drops every non-public address the allow-list does
+//!   not cover, and the client dials only an address the policy returned. Checking the address
+//!   actually connected to defeats DNS rebinding and names such as `localhost`. Its refusal
+//!   (`UpstreamError::Refused`) is **not** a dead token: a split-horizon resolver or a brief DNS
+//!   hijack must not make Herald reject every web pushkey (and the homeserver delete every web
+//!   pusher).
+//! - Through an outbound proxy the proxy resolves names, so only the host can be judged
+//!   ([`ConnectPolicy::allow_proxied`]): address literals as above, and `localhost` names are
+//!   refused; other names pass, and the proxy is where egress to internal networks is stopped.
 //!
 //! `allowed_endpoints` has two kinds of entries, each optionally with `:port` (`:*` = any):
 //!
@@ -22,36 +26,19 @@
 //! - Host-name globs (`push.internal`, `*.corp.example:8080`) allow plain `http://` for matching
 //!   names. They never unlock a non-public address by themselves: a name is whatever DNS says.
 
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use herald_core::BuildError;
+use herald_core::Glob;
+use herald_upstream::{ConnectPolicy, Refusal, Target};
 use http::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
-use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
-
-use crate::origins::Origins;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// An endpoint URL the policy refuses for what it says itself: no network answer will ever make
 /// it deliverable, so the device is rejected.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct Refused(pub(crate) String);
-
-/// Every address a push service's name resolved to is one the policy refuses. This is what the
-/// network says at delivery time, not a fault of the subscription.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct AddressRefused(pub(crate) String);
 
 /// A push endpoint that passed the pre-check.
 #[derive(Debug)]
@@ -68,7 +55,7 @@ pub(crate) struct EndpointPolicy {
     /// IP/CIDR entries: matched against addresses.
     nets: Vec<(IpNet, Option<u16>)>,
     /// Host-name globs: allow plain http for matching names.
-    hosts: Vec<(HostGlob, Option<u16>)>,
+    hosts: Vec<(Glob, Option<u16>)>,
 }
 
 impl EndpointPolicy {
@@ -146,9 +133,8 @@ impl EndpointPolicy {
             }
         }
         let origin = origin(https, &host, port);
-        // The HTTP client pools connections per URI authority and the connector caps them per
-        // origin: both must use one spelling, or idle connections pooled under
-        // `Push.Example:443` would hold the slots that `push.example` needs.
+        // One spelling per origin: the VAPID audience, and the upstream client's pool and cap key
+        // (the client would rewrite the authority itself; this spares it the work).
         let canonical = &origin[if https { "https://".len() } else { "http://".len() }..];
         let uri = if authority.as_str() == canonical {
             uri
@@ -175,43 +161,55 @@ impl EndpointPolicy {
         let ip = ip.to_canonical();
         self.nets.iter().any(|(net, p)| p.is_none_or(|p| p == port) && net.contains(&ip))
     }
+}
 
-    /// Resolves `host` and connects to the first address the policy allows.
-    async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, BoxError> {
-        let addrs: Vec<SocketAddr> = match ip_literal(host) {
-            Some(ip) => vec![SocketAddr::new(ip, port)],
-            None => tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|e| format!("cannot resolve {host}: {e}"))?
-                .collect(),
-        };
+impl ConnectPolicy for EndpointPolicy {
+    /// Keeps the resolved addresses that are public or allow-listed (in their canonical form,
+    /// which is what gets dialled); refuses, naming the first refused address, when none is left.
+    fn allow(
+        &self,
+        target: &Target<'_>,
+        addrs: Vec<SocketAddr>,
+    ) -> Result<Vec<SocketAddr>, Refusal> {
         let mut refused = None;
-        let mut last_error = None;
-        for addr in addrs {
-            let ip = addr.ip().to_canonical();
-            if let Some(class) = non_public(ip) {
-                if !self.allows_ip(ip, port) {
-                    refused.get_or_insert_with(|| {
-                        format!("{host} resolves to {ip}, which is {class}")
-                    });
-                    continue;
+        let allowed: Vec<SocketAddr> = addrs
+            .into_iter()
+            .filter_map(|addr| {
+                let ip = addr.ip().to_canonical();
+                if let Some(class) = non_public(ip) {
+                    if !self.allows_ip(ip, target.port) {
+                        refused.get_or_insert_with(|| {
+                            format!("{} resolves to {ip}, which is {class}", target.host)
+                        });
+                        return None;
+                    }
                 }
-            }
-            // Dial the canonical address that was judged.
-            match TcpStream::connect(SocketAddr::new(ip, port)).await {
-                Ok(stream) => {
-                    // Requests are small and answered at once; don't let Nagle delay them.
-                    stream.set_nodelay(true)?;
-                    return Ok(stream);
-                }
-                Err(e) => last_error = Some(e),
-            }
+                Some(SocketAddr::new(ip, addr.port()))
+            })
+            .collect();
+        match (allowed.is_empty(), refused) {
+            (true, Some(reason)) => Err(Refusal::new(reason)),
+            // No address at all: the client reports that as it would without a policy.
+            _ => Ok(allowed),
         }
-        match (last_error, refused) {
-            (Some(e), _) => Err(format!("cannot connect to {host}:{port}: {e}").into()),
-            (None, Some(reason)) => Err(AddressRefused(reason).into()),
-            (None, None) => Err(format!("{host} resolves to no address").into()),
+    }
+
+    fn allow_proxied(&self, target: &Target<'_>) -> Result<(), Refusal> {
+        if let Some(ip) = target.ip() {
+            let ip = ip.to_canonical();
+            if let (Some(class), false) = (non_public(ip), self.allows_ip(ip, target.port)) {
+                return Err(Refusal::new(format!("{} is {class}", target.host)));
+            }
+            return Ok(());
         }
+        // RFC 6761: `localhost` names are the proxy's own loopback, whatever its resolver says.
+        let host = target.host.strip_suffix('.').unwrap_or(target.host);
+        if host == "localhost" || host.ends_with(".localhost") {
+            return Err(Refusal::new(format!(
+                "{host} is loopback (through the proxy, names are resolved by the proxy)"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -227,7 +225,7 @@ pub(crate) fn origin(https: bool, host: &str, port: u16) -> String {
 
 enum Entry {
     Net(IpNet, Option<u16>),
-    Host(HostGlob, Option<u16>),
+    Host(Glob, Option<u16>),
 }
 
 /// Parses one `allowed_endpoints` entry; `Err` completes "entry `…` …".
@@ -297,7 +295,7 @@ fn parse_entry(entry: &str) -> Result<Entry, String> {
             cidr_hint(&labels)
         ));
     }
-    Ok(Entry::Host(HostGlob::new(&host), port))
+    Ok(Entry::Host(Glob::ascii_case_insensitive(&host), port))
 }
 
 /// `10.1.2.*` → `10.1.2.0/24`, as a migration hint.
@@ -327,118 +325,6 @@ fn legacy_numeric_host(host: &str) -> bool {
     let last = host.rsplit('.').next().unwrap_or(host);
     let hex = last.strip_prefix("0x").is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
     hex || (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// The HTTP client's connector: every TCP connection goes through the policy, and at most
-/// `max_connections_per_host` connections are open per origin.
-#[derive(Clone)]
-pub(crate) struct GuardedConnector {
-    policy: Arc<EndpointPolicy>,
-    origins: Arc<Origins>,
-    connect_timeout: Duration,
-}
-
-impl std::fmt::Debug for GuardedConnector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuardedConnector").finish_non_exhaustive()
-    }
-}
-
-impl GuardedConnector {
-    pub(crate) fn new(
-        policy: Arc<EndpointPolicy>,
-        origins: Arc<Origins>,
-        connect_timeout: Duration,
-    ) -> Self {
-        GuardedConnector { policy, origins, connect_timeout }
-    }
-}
-
-impl tower::Service<Uri> for GuardedConnector {
-    type Response = GuardedStream;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let policy = Arc::clone(&self.policy);
-        let origins = Arc::clone(&self.origins);
-        let timeout = self.connect_timeout;
-        Box::pin(async move {
-            let host = uri.host().ok_or("URL without host")?.to_ascii_lowercase();
-            let https = uri.scheme_str() == Some("https");
-            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-            let slots = origins.get(&origin(https, &host, port)).connection_slots();
-            let connect = async {
-                // The request cap alone lets a connection open while another is on its way back
-                // to the pool; this makes the cap hold for sockets too. A connect that the pool
-                // no longer needs gives up at the timeout.
-                let slot = slots.acquire_owned().await.ok();
-                let stream = policy.connect(&host, port).await?;
-                Ok::<_, BoxError>(GuardedStream { io: TokioIo::new(stream), _slot: slot })
-            };
-            match tokio::time::timeout(timeout, connect).await {
-                Ok(stream) => stream,
-                Err(_) => Err(format!("connecting to {host}:{port} took over {timeout:?}").into()),
-            }
-        })
-    }
-}
-
-/// A TCP connection that holds one of its origin's connection slots while it is open.
-#[derive(Debug)]
-pub(crate) struct GuardedStream {
-    io: TokioIo<TcpStream>,
-    _slot: Option<OwnedSemaphorePermit>,
-}
-
-impl Connection for GuardedStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl hyper::rt::Read for GuardedStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for GuardedStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
 }
 
 /// Why `ip` is not a public unicast address, or `None` when it is.
@@ -491,41 +377,6 @@ fn non_public_v6(ip: Ipv6Addr) -> Option<&'static str> {
         [a, ..] if a & 0xe000 != 0x2000 => "reserved",
         _ => return None,
     })
-}
-
-/// A case-insensitive `*`/`?` pattern on a host name.
-#[derive(Debug)]
-struct HostGlob(Vec<char>);
-
-impl HostGlob {
-    fn new(pattern: &str) -> Self {
-        HostGlob(pattern.to_ascii_lowercase().chars().collect())
-    }
-
-    fn matches(&self, text: &str) -> bool {
-        // Iterative wildcard matching with single-star backtracking.
-        let pattern = &self.0;
-        let text: Vec<char> = text.chars().collect();
-        let (mut p, mut t) = (0, 0);
-        let mut star: Option<(usize, usize)> = None;
-        while t < text.len() {
-            match pattern.get(p) {
-                Some('*') => {
-                    star = Some((p, t));
-                    p += 1;
-                }
-                Some(c) if *c == '?' || *c == text[t] => (p, t) = (p + 1, t + 1),
-                _ => match star {
-                    Some((sp, st)) => {
-                        star = Some((sp, st + 1));
-                        (p, t) = (sp + 1, st + 1);
-                    }
-                    None => return false,
-                },
-            }
-        }
-        pattern[p..].iter().all(|c| *c == '*')
-    }
 }
 
 #[cfg(test)]
@@ -594,7 +445,7 @@ mod tests {
         assert!(refused("https://169.254.169.254/latest").contains("link-local"));
         assert!(refused("https://[::1]:8443/x").contains("loopback"));
         assert!(refused("https://[::ffff:127.0.0.1]/x").contains("loopback"));
-        // A name passes the pre-check; the connector judges what it resolves to.
+        // A name passes the pre-check; the connect policy judges what it resolves to.
         p.check_endpoint("https://localhost/x").expect("names are resolved later");
     }
 
@@ -686,13 +537,59 @@ mod tests {
         policy(&["push1.example", "*:*", "*", "127.0.0.1:*", "[::1]:*", "::1", "[fd00::/8]:443"]);
     }
 
+    fn target(scheme: &'static str, host: &'static str, port: u16) -> Target<'static> {
+        Target { scheme, host, port }
+    }
+
+    fn sock(s: &str) -> SocketAddr {
+        s.parse().expect("socket address")
+    }
+
+    #[test]
+    fn the_connect_policy_keeps_public_and_allow_listed_addresses_only() {
+        let p = policy(&["10.0.0.0/24:8443"]);
+        let t = target("https", "push.example", 8443);
+        // Resolver order is kept; refused addresses are dropped; mapped ones are canonical.
+        let allowed = p
+            .allow(
+                &t,
+                vec![
+                    sock("127.0.0.1:8443"),
+                    sock("[::ffff:10.0.0.5]:8443"),
+                    sock("8.8.8.8:8443"),
+                    sock("[fd00::1]:8443"),
+                ],
+            )
+            .expect("some allowed");
+        assert_eq!(allowed, vec![sock("10.0.0.5:8443"), sock("8.8.8.8:8443")]);
+        // Only refused addresses: a refusal naming the host, the address and why.
+        let refusal =
+            p.allow(&t, vec![sock("127.0.0.1:8443"), sock("[::1]:8443")]).expect_err("all refused");
+        assert_eq!(refusal.reason(), "push.example resolves to 127.0.0.1, which is loopback");
+        // The allow-list is per port.
+        let t = target("https", "push.example", 443);
+        assert!(p.allow(&t, vec![sock("10.0.0.5:443")]).is_err());
+    }
+
+    #[test]
+    fn through_a_proxy_literals_and_localhost_names_are_judged() {
+        let p = policy(&["10.0.0.0/8"]);
+        assert!(p.allow_proxied(&target("https", "push.example", 443)).is_ok());
+        assert!(p.allow_proxied(&target("https", "8.8.8.8", 443)).is_ok());
+        assert!(p.allow_proxied(&target("https", "10.1.2.3", 443)).is_ok(), "allow-listed");
+        for host in ["127.0.0.1", "::1", "169.254.169.254", "localhost", "a.localhost."] {
+            let refusal = p.allow_proxied(&target("https", host, 443)).expect_err(host);
+            assert!(refusal.reason().contains(host.trim_end_matches('.')), "{refusal}");
+        }
+    }
+
     #[test]
     fn globs() {
-        let g = HostGlob::new("*.Example.org");
+        let g = Glob::ascii_case_insensitive("*.Example.org");
         assert!(g.matches("push.example.org"));
         assert!(g.matches("a.b.example.org"));
         assert!(!g.matches("example.org"));
-        assert!(HostGlob::new("*").matches("anything"));
-        assert!(HostGlob::new("push?.x").matches("push1.x"));
+        assert!(Glob::ascii_case_insensitive("*").matches("anything"));
+        assert!(Glob::ascii_case_insensitive("push?.x").matches("push1.x"));
     }
 }

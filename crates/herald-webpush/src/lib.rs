@@ -11,10 +11,9 @@
 //! - `aes128gcm`: RFC 8291 encryption of one message.
 //! - `payload`: the JSON payload, shrunk to fit the push services' 4096-byte limit.
 //! - `vapid`: the VAPID key, and signing a JWT for a push-service origin.
-//! - `origins`: per push-service origin: the request and connection caps, the JWT, and when the
-//!   origin last accepted it.
-//! - `guard`: the SSRF guard, in the URL pre-check and in the connector itself.
-//! - `tls`: the rustls client configuration (webpki roots plus an optional `ca_file`).
+//! - `origins`: per push-service origin: the VAPID JWT, and when the origin last accepted it.
+//! - `guard`: the SSRF guard: the URL pre-check, and the connect policy of the upstream client
+//!   (`herald-upstream`), which sends the requests.
 //!
 //! `docs/backends/webpush.md` explains setup for operators and web clients.
 
@@ -25,7 +24,6 @@ mod guard;
 mod origins;
 mod payload;
 mod subscription;
-mod tls;
 mod vapid;
 
 pub use backend::WebPushBackend;

@@ -1,11 +1,11 @@
-//! What Herald keeps per push-service origin (`https://fcm.googleapis.com`): the cap on
-//! concurrent requests and open connections, the VAPID JWT signed for it, and when that JWT last
-//! worked.
+//! What WebPush keeps per push-service origin (`https://fcm.googleapis.com`): the VAPID JWT
+//! signed for it, and when that JWT last worked. (The cap on requests and connections per origin
+//! is the upstream client's.)
 //!
-//! One map, looked up once per delivery (and once per new connection), so the hot path costs one
-//! short lock and a hash lookup. Origins come from clients' subscriptions, so the map is bounded:
-//! when it is full, origins that nothing uses (no request in flight, no open connection) are
-//! evicted. What can stay beyond the bound is limited by the requests and connections in flight.
+//! One map, looked up once per delivery, so the hot path costs one short lock and a hash lookup.
+//! Origins come from clients' subscriptions, so the map is bounded: when it is full, origins that
+//! no delivery holds are evicted. What can stay beyond the bound is limited by the deliveries in
+//! flight.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
-use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::vapid::{Vapid, JWT_REUSE};
 
@@ -24,17 +23,11 @@ const MAX_ORIGINS: usize = 1024;
 #[derive(Debug)]
 pub(crate) struct Origins {
     map: Mutex<HashMap<Box<str>, Arc<Origin>>>,
-    cap: usize,
 }
 
 /// One push-service origin.
 #[derive(Debug)]
 pub(crate) struct Origin {
-    /// Requests in flight: at most `max_connections_per_host`, so at most that many connections
-    /// over HTTP/1.1 and that many streams over HTTP/2.
-    requests: Semaphore,
-    /// Open TCP connections: at most `max_connections_per_host` (see the connector).
-    connections: Arc<Semaphore>,
     jwt: Mutex<Option<Arc<Jwt>>>,
 }
 
@@ -55,9 +48,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Origins {
-    /// Per-origin state with `cap` concurrent requests and connections per origin.
-    pub(crate) fn new(cap: usize) -> Self {
-        Origins { map: Mutex::new(HashMap::new()), cap: cap.max(1) }
+    /// No origin yet.
+    pub(crate) fn new() -> Self {
+        Origins { map: Mutex::new(HashMap::new()) }
     }
 
     /// The state of `origin` (`scheme://host[:port]`), created on first use.
@@ -69,11 +62,7 @@ impl Origins {
         if map.len() >= MAX_ORIGINS {
             map.retain(|_, o| o.in_use());
         }
-        let created = Arc::new(Origin {
-            requests: Semaphore::new(self.cap),
-            connections: Arc::new(Semaphore::new(self.cap)),
-            jwt: Mutex::new(None),
-        });
+        let created = Arc::new(Origin { jwt: Mutex::new(None) });
         map.insert(origin.into(), Arc::clone(&created));
         created
     }
@@ -85,17 +74,6 @@ impl Origins {
 }
 
 impl Origin {
-    /// Waits for one of the origin's request slots (the caller bounds the wait).
-    pub(crate) async fn request_slot(&self) -> Option<SemaphorePermit<'_>> {
-        // The semaphore is never closed, so this is always `Some`.
-        self.requests.acquire().await.ok()
-    }
-
-    /// The semaphore of open connections, for the connector.
-    pub(crate) fn connection_slots(&self) -> Arc<Semaphore> {
-        Arc::clone(&self.connections)
-    }
-
     /// The JWT for this origin: the cached one, or a new one signed by `vapid`.
     pub(crate) fn jwt(&self, vapid: &Vapid, origin: &str) -> Result<Arc<Jwt>, String> {
         let now = Instant::now();
@@ -113,9 +91,9 @@ impl Origin {
         Ok(jwt)
     }
 
-    /// True while a request or an open connection (or anyone else) holds this origin.
+    /// True while a delivery (or anyone else) holds this origin.
     fn in_use(self: &Arc<Self>) -> bool {
-        Arc::strong_count(self) > 1 || Arc::strong_count(&self.connections) > 1
+        Arc::strong_count(self) > 1
     }
 }
 
@@ -144,7 +122,7 @@ mod tests {
 
     #[test]
     fn origins_are_shared_and_bounded() {
-        let origins = Origins::new(2);
+        let origins = Origins::new();
         let a = origins.get("https://a.example");
         assert!(Arc::ptr_eq(&a, &origins.get("https://a.example")));
         for i in 0..MAX_ORIGINS + 10 {

@@ -10,6 +10,8 @@ pub mod sqlite;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
@@ -47,13 +49,57 @@ impl std::fmt::Debug for DedupKey {
 }
 
 /// The store could not answer; dispatch reports 503 so the homeserver retries.
-#[derive(Debug, thiserror::Error)]
-#[error("dedup store: {0}")]
-pub struct StoreError(pub String);
+///
+/// Messages say what Herald was doing ("cannot open /var/lib/herald/herald.db") and then the
+/// cause, which is also the error's `source()` for code that walks the chain: logs and the
+/// operator's terminal get the whole story from `Display` alone.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database refused or failed (one error may answer a whole batch, so it is shared).
+    #[error("dedup store: {context}: {source}")]
+    Database {
+        /// What Herald was doing.
+        context: String,
+        /// sqlx's error.
+        #[source]
+        source: Arc<sqlx::Error>,
+    },
+    /// A file or directory of the store could not be used.
+    #[error("dedup store: {context}: {source}")]
+    Io {
+        /// What Herald was doing, naming the path.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The store cannot serve for a reason of its own (closed, a task stopped, a file it cannot
+    /// use).
+    #[error("dedup store: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// A database error, with what Herald was doing.
+    pub fn database(context: impl Into<String>, source: impl Into<Arc<sqlx::Error>>) -> Self {
+        StoreError::Database { context: context.into(), source: source.into() }
+    }
+
+    /// A file-system error, with what Herald was doing.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io { context: context.into(), source: Arc::new(source) }
+    }
+
+    /// The store cannot serve.
+    pub fn unavailable(why: impl Into<String>) -> Self {
+        StoreError::Unavailable(why.into())
+    }
+}
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError(e.to_string())
+        StoreError::database("query failed", e)
     }
 }
 
@@ -96,4 +142,20 @@ pub(crate) fn task_ended(name: &str, ended: Result<(), tokio::task::JoinError>) 
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_say_what_was_done_and_keep_the_cause() {
+        use std::error::Error;
+        let e = StoreError::io("cannot open /x/herald.db", std::io::Error::other("disk on fire"));
+        assert_eq!(e.to_string(), "dedup store: cannot open /x/herald.db: disk on fire");
+        assert_eq!(e.source().map(ToString::to_string).as_deref(), Some("disk on fire"));
+        let e = StoreError::database("committing delivery records", sqlx::Error::PoolTimedOut);
+        assert!(e.source().is_some(), "{e}");
+        assert!(StoreError::unavailable("store is closed").source().is_none());
+    }
 }

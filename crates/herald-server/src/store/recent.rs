@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use herald_core::sync::lock;
 
 use super::{unix_now, DedupKey, DedupStore, StoreError};
 
@@ -68,7 +69,7 @@ impl<S: DedupStore> RecentCache<S> {
         if self.capacity == 0 {
             return;
         }
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut recent = lock(&self.recent);
         if recent.recorded_at.insert(key, at).is_none() {
             recent.order.push_back(key);
             if recent.order.len() > self.capacity {
@@ -83,7 +84,7 @@ impl<S: DedupStore> RecentCache<S> {
         if self.capacity == 0 {
             return false;
         }
-        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = lock(&self.recent);
         recent.recorded_at.get(key).is_some_and(|at| *at > unix_now().saturating_sub(self.ttl_secs))
     }
 }

@@ -43,6 +43,9 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use super::{unix_now, DedupKey, DedupStore, StoreError};
 
+mod writer;
+use writer::{WriteCommand, Writer};
+
 /// How often the checkpointer copies the WAL back into the database. Often, so that little is
 /// left to copy when the writer restarts the log (it holds up records and lookups meanwhile).
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
@@ -64,13 +67,6 @@ const PAGE_SIZE: u32 = 1024;
 
 /// How long a connection waits for a lock another connection holds, in ms.
 const BUSY_TIMEOUT_MS: u64 = 5000;
-/// The same while the writer restarts the log (see [`Writer::restart_wal_if_due`]).
-const RESTART_BUSY_TIMEOUT_MS: u64 = 20;
-/// How long the writer waits before trying a restart again that another process held up.
-const RESTART_RETRY: Duration = Duration::from_secs(1);
-
-/// Rows deleted per prune transaction, so pruning never holds the writer for long.
-const PRUNE_CHUNK: i64 = 5_000;
 
 /// Tuning of the SQLite store.
 #[derive(Debug, Clone)]
@@ -86,13 +82,7 @@ pub struct SqliteStoreOptions {
 const MAX_LOOKUP_BATCH: usize = 256;
 
 enum ReadCommand {
-    Lookup(DedupKey, oneshot::Sender<Result<bool, String>>),
-    Shutdown,
-}
-
-enum WriteCommand {
-    Record(DedupKey, oneshot::Sender<Result<(), String>>),
-    Prune(oneshot::Sender<Result<u64, String>>),
+    Lookup(DedupKey, oneshot::Sender<Result<bool, StoreError>>),
     Shutdown,
 }
 
@@ -175,7 +165,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://path/to/file.db`) and migrates it.
     pub async fn open(url: &str, options: SqliteStoreOptions) -> Result<Self, StoreError> {
         let connect = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError(format!("bad store url `{url}`: {e}")))?
+            .map_err(|e| StoreError::database(format!("bad store url `{url}`"), e))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -188,7 +178,7 @@ impl SqliteStore {
         if let Some(dir) = file.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError(format!("cannot create store directory {}: {e}", dir.display()))
+                    StoreError::io(format!("cannot create store directory {}", dir.display()), e)
                 })?;
             }
         }
@@ -202,8 +192,11 @@ impl SqliteStore {
             // Only for occasional queries: a small page cache keeps memory for the hot path.
             .connect_with(connect.clone().pragma("cache_size", "-256"))
             .await
-            .map_err(|e| StoreError(format!("cannot open {url}: {e}")))?;
-        migrator().run(&pool).await.map_err(|e| StoreError(format!("migrating {url}: {e}")))?;
+            .map_err(|e| StoreError::database(format!("cannot open {url}"), e))?;
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::database(format!("migrating {url}"), sqlx::Error::from(e)))?;
         let (page_size,): (i64,) = sqlx::query_as("PRAGMA page_size").fetch_one(&pool).await?;
         let (reader, read_rx) = mpsc::channel(MAX_LOOKUP_BATCH * 8);
         let (writer, write_rx) = mpsc::channel(options.max_batch * 8);
@@ -217,13 +210,8 @@ impl SqliteStore {
         let write_conn = connect.clone().pragma("wal_autocheckpoint", "0").connect().await?;
         let reader_task = run_reader(read_conn, read_rx, options.ttl, coordination.clone());
         let (read_task, _) = supervise("reader", reader_task, health.clone());
-        let writer_task = Writer {
-            conn: write_conn,
-            max_batch: options.max_batch,
-            ttl: options.ttl,
-            coordination: coordination.clone(),
-            restart_not_before: None,
-        };
+        let writer_task =
+            Writer::new(write_conn, options.max_batch, options.ttl, coordination.clone());
         let (write_task, _) = supervise("writer", writer_task.run(write_rx), health.clone());
         // The pool's one connection is otherwise idle: checkpoints need no connection of their own.
         let page_size = u64::try_from(page_size).unwrap_or(u64::from(PAGE_SIZE));
@@ -252,7 +240,7 @@ impl SqliteStore {
     /// creates the rest). Says what it found.
     pub async fn check(url: &str) -> Result<String, StoreError> {
         let connect = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError(format!("bad store url `{url}`: {e}")))?;
+            .map_err(|e| StoreError::database(format!("bad store url `{url}`"), e))?;
         let file = Path::new(connect.get_filename()).to_path_buf();
         if file.as_os_str() == ":memory:" {
             return Ok("in-memory database".into());
@@ -263,30 +251,31 @@ impl SqliteStore {
         };
         match std::fs::metadata(&file) {
             Ok(meta) if meta.is_file() => {}
-            Ok(_) => return Err(StoreError(format!("{} is not a file", file.display()))),
+            Ok(_) => {
+                return Err(StoreError::unavailable(format!("{} is not a file", file.display())))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(Path::new("."));
                 if !existing.is_dir() {
-                    return Err(StoreError(format!(
+                    return Err(StoreError::unavailable(format!(
                         "cannot create {}: {} is not a directory",
                         file.display(),
                         existing.display()
                     )));
                 }
-                writable_dir(existing)
-                    .map_err(|e| StoreError(format!("cannot create {}: {e}", file.display())))?;
+                writable_dir(existing).map_err(|e| {
+                    StoreError::unavailable(format!("cannot create {}: {e}", file.display()))
+                })?;
                 return Ok(format!("{} (to be created)", file.display()));
             }
-            Err(e) => return Err(StoreError(format!("cannot open {}: {e}", file.display()))),
+            Err(e) => return Err(StoreError::io(format!("cannot open {}", file.display()), e)),
         }
         // Opening for writing checks permissions and read-only mounts without changing a byte.
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&file)
-            .map_err(|e| StoreError(format!("cannot open {} for writing: {e}", file.display())))?;
+        std::fs::OpenOptions::new().read(true).write(true).open(&file).map_err(|e| {
+            StoreError::io(format!("cannot open {} for writing", file.display()), e)
+        })?;
         writable_dir(&dir)
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", file.display())))?;
+            .map_err(|e| StoreError::unavailable(format!("cannot open {}: {e}", file.display())))?;
         // Read-only, and `immutable` (no lock files) unless the -wal and -shm files are there
         // already (a running or crashed server): then SQLite reads through them, creating nothing.
         let running = wal_path_of(&file).exists() && shm_path_of(&file).exists();
@@ -296,7 +285,7 @@ impl SqliteStore {
             .disable_statement_logging()
             .connect()
             .await
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", file.display())))?;
+            .map_err(|e| StoreError::database(format!("cannot open {}", file.display()), e))?;
         let applied: Result<Option<i64>, sqlx::Error> =
             sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
                 .fetch_one(&mut conn)
@@ -306,7 +295,7 @@ impl SqliteStore {
         let _ = conn.close().await;
         let known = migrator().migrations.iter().map(|m| m.version).max().unwrap_or(0);
         match (applied, tables) {
-            (Ok(Some(version)), _) if version > known => Err(StoreError(format!(
+            (Ok(Some(version)), _) if version > known => Err(StoreError::unavailable(format!(
                 "{} was written by a newer Herald (schema version {version}; this one knows {known})",
                 file.display()
             ))),
@@ -314,7 +303,7 @@ impl SqliteStore {
             // An empty file, or a database Herald has not migrated yet: `open` migrates it.
             (Err(_), Ok(_)) => Ok(format!("{} (existing, not yet migrated)", file.display())),
             (Err(e), Err(_)) => {
-                Err(StoreError(format!("cannot read {}: {e}", file.display())))
+                Err(StoreError::database(format!("cannot read {}", file.display()), e))
             }
         }
     }
@@ -351,8 +340,8 @@ impl DedupStore for SqliteStore {
         self.reader
             .send(ReadCommand::Lookup(*key, tx))
             .await
-            .map_err(|_| StoreError("store is closed".into()))?;
-        rx.await.map_err(|_| StoreError("store reader stopped".into()))?.map_err(StoreError)
+            .map_err(|_| StoreError::unavailable("store is closed"))?;
+        rx.await.map_err(|_| StoreError::unavailable("store reader stopped"))?
     }
 
     async fn record_delivered(&self, key: DedupKey) -> Result<(), StoreError> {
@@ -360,8 +349,8 @@ impl DedupStore for SqliteStore {
         self.writer
             .send(WriteCommand::Record(key, tx))
             .await
-            .map_err(|_| StoreError("store is closed".into()))?;
-        rx.await.map_err(|_| StoreError("store writer stopped".into()))?.map_err(StoreError)
+            .map_err(|_| StoreError::unavailable("store is closed"))?;
+        rx.await.map_err(|_| StoreError::unavailable("store writer stopped"))?
     }
 
     async fn prune_expired(&self) -> Result<u64, StoreError> {
@@ -369,8 +358,8 @@ impl DedupStore for SqliteStore {
         self.writer
             .send(WriteCommand::Prune(tx))
             .await
-            .map_err(|_| StoreError("store is closed".into()))?;
-        rx.await.map_err(|_| StoreError("store writer stopped".into()))?.map_err(StoreError)
+            .map_err(|_| StoreError::unavailable("store is closed"))?;
+        rx.await.map_err(|_| StoreError::unavailable("store writer stopped"))?
     }
 
     async fn failed(&self) -> String {
@@ -518,7 +507,7 @@ async fn run_reader(
     coordination: Arc<Coordination>,
 ) {
     let mut commands = Vec::with_capacity(MAX_LOOKUP_BATCH);
-    let mut lookups: Vec<(DedupKey, oneshot::Sender<Result<bool, String>>)> =
+    let mut lookups: Vec<(DedupKey, oneshot::Sender<Result<bool, StoreError>>)> =
         Vec::with_capacity(MAX_LOOKUP_BATCH);
     let mut shutting_down = false;
     while !shutting_down && rx.recv_many(&mut commands, MAX_LOOKUP_BATCH).await > 0 {
@@ -544,7 +533,7 @@ async fn run_reader(
             }
             Err(e) => {
                 tracing::error!(error = %e, "dedup store lookup failed");
-                let e = e.to_string();
+                let e = StoreError::database("looking up deliveries", e);
                 for (_, reply) in lookups.drain(..) {
                     let _ = reply.send(Err(e.clone()));
                 }
@@ -557,7 +546,7 @@ async fn run_reader(
 /// The keys among `lookups` recorded after `cutoff`.
 async fn lookup_batch(
     conn: &mut SqliteConnection,
-    lookups: &[(DedupKey, oneshot::Sender<Result<bool, String>>)],
+    lookups: &[(DedupKey, oneshot::Sender<Result<bool, StoreError>>)],
     cutoff: i64,
 ) -> Result<Vec<[u8; 16]>, sqlx::Error> {
     // Pad with the last key up to a power of two (see MAX_LOOKUP_BATCH).
@@ -573,165 +562,6 @@ async fn lookup_batch(
     q.push(")");
     let rows: Vec<(Vec<u8>,)> = q.build_query_as().fetch_all(&mut *conn).await?;
     Ok(rows.into_iter().filter_map(|(key,)| key.try_into().ok()).collect())
-}
-
-/// Owns the write connection: drains queued records into one transaction at a time, runs prunes in
-/// small chunks between batches, and restarts the WAL between batches once it has grown.
-struct Writer {
-    conn: SqliteConnection,
-    max_batch: usize,
-    ttl: Duration,
-    coordination: Arc<Coordination>,
-    /// After a restart another process held up: when to try again.
-    restart_not_before: Option<std::time::Instant>,
-}
-
-impl Writer {
-    async fn run(mut self, rx: mpsc::Receiver<WriteCommand>) {
-        self.serve(rx).await;
-        let _ = self.conn.close().await;
-    }
-
-    /// After a batch, when the checkpointer says the log is due: copy what is left of it and start
-    /// it over from the beginning (`RESTART`). Our own lookups pause meanwhile (see
-    /// [`Coordination`]). If the checkpointer is copying right now, or another process reads for
-    /// longer than the busy timeout, the next batch tries again.
-    async fn restart_wal_if_due(&mut self) {
-        if !self.coordination.restart_due.load(Ordering::Acquire)
-            || self.restart_not_before.is_some_and(|t| std::time::Instant::now() < t)
-        {
-            return;
-        }
-        let Ok(_checkpoint) = self.coordination.checkpoint.try_lock() else { return };
-        let _lookups_paused = self.coordination.lookups.write().await;
-        let started = std::time::Instant::now();
-        // With our reader paused only another process (a backup, an operator's shell) can hold
-        // the restart up: give it a moment, not the connection's whole busy timeout, as records
-        // and lookups wait meanwhile.
-        let restart = async {
-            let busy_timeout = |ms: u64| format!("PRAGMA busy_timeout = {ms}");
-            sqlx::query(&busy_timeout(RESTART_BUSY_TIMEOUT_MS)).execute(&mut self.conn).await?;
-            let result = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(RESTART)")
-                .fetch_one(&mut self.conn)
-                .await;
-            sqlx::query(&busy_timeout(BUSY_TIMEOUT_MS)).execute(&mut self.conn).await?;
-            result
-        };
-        match restart.await {
-            Ok((0, _, _)) => {
-                self.coordination.restart_due.store(false, Ordering::Release);
-                self.restart_not_before = None;
-                tracing::debug!(
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "dedup store: WAL restarted"
-                );
-            }
-            Ok(_) => {
-                // Someone else is reading an old snapshot; the log grows until they are done.
-                self.restart_not_before = Some(std::time::Instant::now() + RESTART_RETRY);
-                tracing::debug!("dedup store: WAL restart held up by another reader; retrying");
-            }
-            Err(e) => {
-                self.restart_not_before = Some(std::time::Instant::now() + RESTART_RETRY);
-                tracing::warn!(error = %e, "dedup store: WAL restart failed");
-            }
-        }
-    }
-
-    async fn serve(&mut self, mut rx: mpsc::Receiver<WriteCommand>) {
-        let (max_batch, ttl) = (self.max_batch, self.ttl);
-        let mut commands = Vec::with_capacity(max_batch);
-        let mut records: Vec<(DedupKey, oneshot::Sender<Result<(), String>>)> =
-            Vec::with_capacity(max_batch);
-        // A prune in progress: its reply and the rows deleted so far.
-        let mut prune: Option<(oneshot::Sender<Result<u64, String>>, u64)> = None;
-        let mut shutting_down = false;
-        loop {
-            if prune.is_none() && !shutting_down {
-                if rx.recv_many(&mut commands, max_batch).await == 0 {
-                    break;
-                }
-            } else {
-                // Keep serving records while a prune is under way, without waiting for them.
-                while commands.len() < max_batch {
-                    match rx.try_recv() {
-                        Ok(c) => commands.push(c),
-                        Err(_) => break,
-                    }
-                }
-            }
-            for command in commands.drain(..) {
-                match command {
-                    WriteCommand::Record(key, reply) => records.push((key, reply)),
-                    WriteCommand::Prune(reply) => match prune {
-                        // One prune at a time; a second request shares the first's work.
-                        Some(_) => drop(reply.send(Ok(0))),
-                        None => prune = Some((reply, 0)),
-                    },
-                    WriteCommand::Shutdown => shutting_down = true,
-                }
-            }
-            if !records.is_empty() {
-                let result = write_batch(&mut self.conn, &records).await.map_err(|e| e.to_string());
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, rows = records.len(), "dedup store write failed");
-                }
-                for (_, reply) in records.drain(..) {
-                    let _ = reply.send(result.clone());
-                }
-            }
-            if let Some((reply, deleted)) = prune.take() {
-                let cutoff = cutoff(ttl);
-                match prune_chunk(&mut self.conn, cutoff).await {
-                    Ok(n) if n as i64 >= PRUNE_CHUNK && !shutting_down => {
-                        prune = Some((reply, deleted + n))
-                    }
-                    Ok(n) => drop(reply.send(Ok(deleted + n))),
-                    Err(e) => drop(reply.send(Err(e.to_string()))),
-                }
-            }
-            if shutting_down && prune.is_none() {
-                // Flush anything that raced with the shutdown request, then stop.
-                while let Ok(WriteCommand::Record(key, reply)) = rx.try_recv() {
-                    records.push((key, reply));
-                }
-                if !records.is_empty() {
-                    let result =
-                        write_batch(&mut self.conn, &records).await.map_err(|e| e.to_string());
-                    for (_, reply) in records.drain(..) {
-                        let _ = reply.send(result.clone());
-                    }
-                }
-                break;
-            }
-            // Replies are out: a restart now delays only the records queued behind it.
-            self.restart_wal_if_due().await;
-        }
-    }
-}
-
-async fn write_batch(
-    conn: &mut SqliteConnection,
-    records: &[(DedupKey, oneshot::Sender<Result<(), String>>)],
-) -> Result<(), sqlx::Error> {
-    // One multi-row INSERT is atomic on its own: no BEGIN/COMMIT round trips to the connection's
-    // worker thread. Padding to a power of two (repeating the last key, which the upsert absorbs)
-    // keeps the number of distinct statements, and so re-preparations, small.
-    let padded = records.len().next_power_of_two();
-    let keys = (0..padded).map(|i| &records[i.min(records.len() - 1)].0);
-    insert_rows(conn, keys, unix_now()).await
-}
-
-async fn prune_chunk(conn: &mut SqliteConnection, cutoff: i64) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "DELETE FROM delivered WHERE key IN \
-         (SELECT key FROM delivered WHERE recorded_at <= ?1 LIMIT ?2)",
-    )
-    .bind(cutoff)
-    .bind(PRUNE_CHUNK)
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected())
 }
 
 #[cfg(test)]

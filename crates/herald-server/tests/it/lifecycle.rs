@@ -346,3 +346,25 @@ async fn a_dead_store_task_stops_the_server_with_an_error() {
     // It stopped serving.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[test]
+fn version_names_the_backends_and_a_missing_backend_names_its_feature() {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald")).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(version.contains("backends: log"), "{version}");
+    assert_eq!(version.contains("webpush"), cfg!(feature = "webpush"), "{version}");
+
+    // A backend Herald has a crate for, but not compiled into this binary: the error says which
+    // feature builds it in. (`apns` until that crate exists; then pick one left out of the build.)
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.toml");
+    std::fs::write(&path, "[apps.a]\nkind = \"apns\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`apns` feature"), "{stderr}");
+}

@@ -2,11 +2,13 @@
 //!
 //! One test binary with modules, to keep link time down.
 
+mod behaviour;
 mod build;
 mod outcomes;
 mod payload;
 mod pool;
 mod privacy;
+mod proxy;
 mod ssrf;
 mod tls;
 mod vapid;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use herald_core::{ErrorClass, Outcome};
+use herald_core::{ErrorClass, Outcome, Upstream};
 use herald_testkit::fake_push::{Answer, MismatchStyle};
 use serde_json::json;
 
@@ -87,6 +87,7 @@ async fn a_hanging_push_service_fails_within_the_request_timeout() {
     let e = setup.deliver(&message("x"), &d).await.expect_err("hang");
     let took = started.elapsed();
     assert_eq!(e.class(), ErrorClass::Transient, "{e}");
+    assert_eq!(e.upstream(), Some(Upstream::no_answer("timeout")));
     assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{took:?}");
     assert_eq!(fake.received("/push/a").len(), 1, "one attempt");
     assert_eq!(setup.deliver(&message("x"), &d).await.expect("next works"), delivered());
@@ -101,6 +102,7 @@ async fn a_reset_connection_or_closed_port_is_transient() {
     fake.script("/push/a", [Answer::Reset]);
     let e = setup.deliver(&message("x"), &d).await.expect_err("reset");
     assert_eq!(e.class(), ErrorClass::Transient, "{e}");
+    assert_eq!(e.upstream(), Some(Upstream::no_answer("connect")));
     assert_eq!(fake.received("/push/a").len(), 1, "no silent retry of a sent request");
     assert_eq!(setup.deliver(&message("x"), &d).await.expect("next works"), delivered());
 
@@ -115,6 +117,8 @@ async fn a_reset_connection_or_closed_port_is_transient() {
     );
     let e = setup.deliver(&message("x"), &d).await.expect_err("refused");
     assert_eq!(e.class(), ErrorClass::Transient, "{e}");
+    assert_eq!(e.upstream(), Some(Upstream::no_answer("connect")));
+    assert!(!e.message().contains("/push/a"), "origin only: {e}");
 }
 
 #[tokio::test]

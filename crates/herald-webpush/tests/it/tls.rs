@@ -31,6 +31,8 @@ async fn h2_is_negotiated_when_offered_and_http1_otherwise() {
         assert!(got.iter().all(|r| r.version == version), "{protocols:?}: {:?}", got[0].version);
         assert!(got.iter().all(|r| r.payload.is_some() && r.rejection.is_none()));
         assert_eq!(got[0].vapid.as_ref().expect("vapid").aud, fake.base_url(), "https audience");
+        let agent = concat!("herald/", env!("CARGO_PKG_VERSION"));
+        assert!(got.iter().all(|r| r.header("user-agent") == Some(agent)), "the client's agent");
     }
 }
 
@@ -68,6 +70,7 @@ async fn a_certificate_from_an_unknown_ca_is_a_transient_failure() {
         // Not a dead subscription: an operator fixes the trust, then the retry works.
         assert_eq!(e.class(), ErrorClass::Transient, "{e}");
         assert!(e.message().contains("certificate"), "says why: {e}");
+        assert_eq!(e.reason(), Some("tls"));
         assert!(!e.message().contains("/push/a"), "origin only: {e}");
     }
     assert!(fake.all_received().is_empty(), "nothing was sent over an untrusted connection");
