@@ -177,10 +177,51 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
 }
 
-/// A configuration that cannot be used; the message names the key.
+/// A configuration that cannot be used; every message names the file, the key or the variable.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The configuration file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An error in the file named by `path`.
+    #[error("{}: {source}", path.display())]
+    InFile {
+        /// The configuration file.
+        path: PathBuf,
+        /// What is wrong in it.
+        #[source]
+        source: Box<ConfigError>,
+    },
+    /// Not TOML.
+    #[error("{0}")]
+    Syntax(#[source] toml::de::Error),
+    /// A key has a value of the wrong type or form.
+    #[error("`{key}`: {source}")]
+    Key {
+        /// The key's path (`server.listen`).
+        key: String,
+        /// The parser's complaint.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value that parses but cannot work; the message names the key.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ConfigError {
+    /// A value that cannot work; `message` names the key.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ConfigError::Invalid(message.into())
+    }
+}
 
 const ENV_PREFIX: &str = "HERALD_";
 /// Variables with the prefix that are not config overrides.
@@ -190,10 +231,10 @@ impl Config {
     /// Reads `path`, applies `HERALD_*` overrides from the process environment and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::from_toml(&text, std::env::vars(), dir)
-            .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+            .map_err(|e| ConfigError::InFile { path: path.to_path_buf(), source: Box::new(e) })
     }
 
     /// Parses configuration text with the given environment (tests pass their own).
@@ -202,16 +243,15 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         config_dir: PathBuf,
     ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(ConfigError::Syntax)?;
         let ignored_env = apply_env_overrides(&mut table, env)?;
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let path = e.path().to_string();
                 if path == "." {
-                    ConfigError(e.inner().to_string())
+                    ConfigError::Syntax(e.into_inner())
                 } else {
-                    ConfigError(format!("`{path}`: {}", e.inner()))
+                    ConfigError::Key { key: path, source: e.into_inner() }
                 }
             })?;
         config.config_dir = config_dir;
@@ -239,53 +279,56 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.server;
         if s.request_deadline.is_zero() || s.request_deadline > Duration::from_secs(55) {
-            return Err(ConfigError(
-                "`server.request_deadline` must be between 1ms and 55s: homeservers give up after 60s"
-                    .into(),
+            return Err(ConfigError::invalid(
+                "`server.request_deadline` must be between 1ms and 55s: homeservers give up after 60s",
             ));
         }
         self.validate_bounds()?;
         if s.body_limit < 1024 {
-            return Err(ConfigError("`server.body_limit` must be at least 1024 bytes".into()));
+            return Err(ConfigError::invalid("`server.body_limit` must be at least 1024 bytes"));
         }
         if self.delivery.max_attempts == 0 {
-            return Err(ConfigError("`delivery.max_attempts` must be at least 1".into()));
+            return Err(ConfigError::invalid("`delivery.max_attempts` must be at least 1"));
         }
         if self.delivery.max_concurrency_per_app == 0 {
-            return Err(ConfigError(
-                "`delivery.max_concurrency_per_app` must be at least 1".into(),
+            return Err(ConfigError::invalid(
+                "`delivery.max_concurrency_per_app` must be at least 1",
             ));
         }
         if self.delivery.max_in_flight_devices == 0 {
-            return Err(ConfigError("`delivery.max_in_flight_devices` must be at least 1".into()));
+            return Err(ConfigError::invalid(
+                "`delivery.max_in_flight_devices` must be at least 1",
+            ));
         }
         if self.delivery.max_in_flight_devices_per_request == 0 {
-            return Err(ConfigError(
-                "`delivery.max_in_flight_devices_per_request` must be at least 1".into(),
+            return Err(ConfigError::invalid(
+                "`delivery.max_in_flight_devices_per_request` must be at least 1",
             ));
         }
         if self.server.max_connections == Some(0) {
-            return Err(ConfigError("`server.max_connections` must be at least 1".into()));
+            return Err(ConfigError::invalid("`server.max_connections` must be at least 1"));
         }
         if self.store.ttl < Duration::from_secs(60) {
-            return Err(ConfigError("`store.ttl` must be at least 1m".into()));
+            return Err(ConfigError::invalid("`store.ttl` must be at least 1m"));
         }
         if self.store.max_batch == 0 || self.store.max_batch > 4096 {
-            return Err(ConfigError("`store.max_batch` must be between 1 and 4096".into()));
+            return Err(ConfigError::invalid("`store.max_batch` must be between 1 and 4096"));
         }
         if self.apps.is_empty() {
-            return Err(ConfigError(
-                "no apps configured: add an `[apps.\"<app_id>\"]` table".into(),
+            return Err(ConfigError::invalid(
+                "no apps configured: add an `[apps.\"<app_id>\"]` table",
             ));
         }
         for (app_id, table) in &self.apps {
             match table.get("kind") {
                 Some(toml::Value::String(_)) => {}
                 Some(_) => {
-                    return Err(ConfigError(format!("`apps.\"{app_id}\".kind` must be a string")))
+                    return Err(ConfigError::invalid(format!(
+                        "`apps.\"{app_id}\".kind` must be a string"
+                    )))
                 }
                 None => {
-                    return Err(ConfigError(format!(
+                    return Err(ConfigError::invalid(format!(
                         "`apps.\"{app_id}\"`: missing `kind` (e.g. \"log\" or \"webpush\")"
                     )))
                 }
@@ -294,7 +337,7 @@ impl Config {
                 None => {}
                 Some(toml::Value::Integer(n)) if *n > 0 => {}
                 Some(_) => {
-                    return Err(ConfigError(format!(
+                    return Err(ConfigError::invalid(format!(
                         "`apps.\"{app_id}\".max_concurrency` must be a positive integer"
                     )))
                 }
@@ -364,7 +407,7 @@ impl Config {
     fn validate_bounds(&self) -> Result<(), ConfigError> {
         use limits::*;
         fn fail(key: &str, why: impl std::fmt::Display) -> Result<(), ConfigError> {
-            Err(ConfigError(format!("`{key}` {why}")))
+            Err(ConfigError::invalid(format!("`{key}` {why}")))
         }
         fn range<T: PartialOrd + Copy>(
             key: &str,
@@ -523,7 +566,9 @@ fn apply_env_overrides(
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()))
                 .as_table_mut()
                 .ok_or_else(|| {
-                    ConfigError(format!("{name}: `{section}` is not a table in the configuration"))
+                    ConfigError::invalid(format!(
+                        "{name}: `{section}` is not a table in the configuration"
+                    ))
                 })?,
         };
         node.insert(key.to_owned(), value);
@@ -641,17 +686,17 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let e = load(&format!("{MINIMAL}\n[server]\nlisten = \"nope\""), &[]).unwrap_err();
-        assert!(e.0.contains("server.listen"), "{e}");
+        assert!(e.to_string().contains("server.listen"), "{e}");
         let e = load(&format!("{MINIMAL}\n[server]\nlisen = \"x\""), &[]).unwrap_err();
-        assert!(e.0.contains("lisen"), "{e}");
+        assert!(e.to_string().contains("lisen"), "{e}");
         let e = load(&format!("{MINIMAL}\n[store]\nttl = \"5 parsecs\""), &[]).unwrap_err();
-        assert!(e.0.contains("store.ttl"), "{e}");
+        assert!(e.to_string().contains("store.ttl"), "{e}");
         let e = load("[apps.a]\nmax_concurrency = 3", &[]).unwrap_err();
-        assert!(e.0.contains("kind"), "{e}");
+        assert!(e.to_string().contains("kind"), "{e}");
         let e = load("", &[]).unwrap_err();
-        assert!(e.0.contains("apps"), "{e}");
+        assert!(e.to_string().contains("apps"), "{e}");
         let e = load(MINIMAL, &[("HERALD_SERVER__REQUEST_DEADLINE", "90s")]).unwrap_err();
-        assert!(e.0.contains("request_deadline"), "{e}");
+        assert!(e.to_string().contains("request_deadline"), "{e}");
     }
 
     #[test]
@@ -669,7 +714,7 @@ mod tests {
             ),
         ] {
             let e = load(MINIMAL, &[(env, "0")]).unwrap_err();
-            assert!(e.0.contains(key), "{e}");
+            assert!(e.to_string().contains(key), "{e}");
         }
         let c = load(MINIMAL, &[("HERALD_SERVER__MAX_CONNECTIONS", "100")]).unwrap();
         assert_eq!(c.server.max_connections, Some(100));

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use herald_core::{AppContext, AppRouter};
+use herald_core::{AppContext, AppRouter, BuildError, RoutingError};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, ServerConfig};
+use crate::config::{Config, ConfigError, ServerConfig};
 use crate::connections::{AcceptBackoff, Admission, Close, Connections};
 use crate::delivery::{App, DeliveryLayer};
 use crate::dispatch::{DispatchLimits, Dispatcher};
@@ -26,25 +26,56 @@ use crate::protocol_errors::{JsonProtocolErrors, MAX_HEADER_BYTES};
 use crate::registry::BackendRegistry;
 use crate::store::recent::RecentCache;
 use crate::store::sqlite::{SqliteStore, SqliteStoreOptions};
-use crate::store::DedupStore;
+use crate::store::{DedupStore, StoreError};
 
-/// Why the server could not start; the message is for the operator.
+/// Why the server could not start; the message is for the operator, the cause is its source.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
-    /// The configuration cannot work (an app cannot be built): exit code 2, as for a bad file.
-    #[error("{0}")]
-    Config(String),
-    /// The machine refused (the store cannot be opened, the address cannot be bound): exit 1.
-    #[error("{0}")]
-    Runtime(String),
+    /// The configuration cannot work: exit code 2, as for a bad file.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// An app's backend cannot be built from its section: exit 2.
+    #[error("apps.\"{app}\": {source}")]
+    App {
+        /// The app's key.
+        app: String,
+        /// The backend's reason.
+        #[source]
+        source: BuildError,
+    },
+    /// The app keys cannot route unambiguously: exit 2.
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
+    /// The store cannot be opened: exit 1.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A file Herald keeps in `data_dir` cannot be used (the log-hash key): exit 1.
+    #[error("cannot read or create {}: {source}", path.display())]
+    State {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listen address cannot be bound: exit 1.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// `server.listen`.
+        addr: SocketAddr,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl StartError {
     /// The process exit code: 2 for configuration errors, 1 for runtime errors.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::Config(_) => 2,
-            StartError::Runtime(_) => 1,
+            StartError::Config(_) | StartError::App { .. } | StartError::Routing(_) => 2,
+            StartError::Store(_) | StartError::State { .. } | StartError::Listen { .. } => 1,
         }
     }
 }
@@ -102,7 +133,7 @@ async fn build_apps_for(
         let backend = registry
             .build(&settings.kind, &context, settings.backend)
             .await
-            .map_err(|e| StartError::Config(format!("apps.\"{key}\": {e}")))?;
+            .map_err(|source| StartError::App { app: key.clone(), source })?;
         let app = App {
             key: key.clone(),
             kind: settings.kind,
@@ -112,7 +143,7 @@ async fn build_apps_for(
         };
         apps.push((key.clone(), Arc::new(app)));
     }
-    AppRouter::new(apps).map_err(|e| StartError::Config(e.to_string()))
+    Ok(AppRouter::new(apps)?)
 }
 
 /// Keys the pushkey hashes in logs with this installation's secret (`<data_dir>/log-key`, created
@@ -124,15 +155,14 @@ fn install_log_key(data_dir: &std::path::Path) -> Result<(), StartError> {
         .map(|secret| {
             herald_core::redact::install_key(&secret);
         })
-        .map_err(|e| StartError::Runtime(format!("cannot read or create {}: {e}", path.display())))
+        .map_err(|source| StartError::State { path: path.clone(), source })
 }
 
 /// Opens the store named by the configuration.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn DedupStore>, StartError> {
     let url = sqlite_url(config)?;
     let options = SqliteStoreOptions { ttl: config.store.ttl, max_batch: config.store.max_batch };
-    let store =
-        SqliteStore::open(&url, options).await.map_err(|e| StartError::Runtime(e.to_string()))?;
+    let store = SqliteStore::open(&url, options).await?;
     Ok(Arc::new(RecentCache::new(store, config.store.recent_cache_entries, config.store.ttl)))
 }
 
@@ -140,7 +170,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn DedupStore>, StartErr
 /// creating or changing anything. Says what it found.
 pub async fn check_store(config: &Config) -> Result<String, StartError> {
     let url = sqlite_url(config)?;
-    SqliteStore::check(&url).await.map_err(|e| StartError::Runtime(e.to_string()))
+    Ok(SqliteStore::check(&url).await?)
 }
 
 fn sqlite_url(config: &Config) -> Result<String, StartError> {
@@ -149,9 +179,9 @@ fn sqlite_url(config: &Config) -> Result<String, StartError> {
         Ok(url)
     } else {
         // Config::validate refuses this already; kept for configurations built in code.
-        Err(StartError::Config(format!(
+        Err(StartError::Config(ConfigError::invalid(format!(
             "`store.url`: unsupported store `{url}`; this build supports sqlite:// URLs"
-        )))
+        ))))
     }
 }
 
@@ -200,9 +230,9 @@ impl Server {
             body_read_timeout: config.server.body_read_timeout,
             request_deadline: config.server.request_deadline,
         });
-        let listener = TcpListener::bind(config.server.listen).await.map_err(|e| {
-            StartError::Runtime(format!("cannot listen on {}: {e}", config.server.listen))
-        })?;
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| StartError::Listen { addr: config.server.listen, source })?;
         let pruner = tokio::spawn(prune_periodically(store, config.store.prune_interval));
         Ok(Server {
             listener,
