@@ -368,3 +368,66 @@ fn version_names_the_backends_and_a_missing_backend_names_its_feature() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("`apns` feature"), "{stderr}");
 }
+
+/// A backend that records the contract's lifecycle calls and registers a metric of its own.
+struct Lifecycle {
+    warmed: Arc<tokio::sync::Notify>,
+    closed: Arc<std::sync::atomic::AtomicBool>,
+    sent: prometheus_client::metrics::counter::Counter,
+}
+
+#[async_trait::async_trait]
+impl Backend for Lifecycle {
+    async fn deliver(
+        &self,
+        call: &herald_core::CallContext,
+        _: &Notification,
+        _: &Device,
+    ) -> Result<Outcome, DeliveryError> {
+        assert!(call.time_left() > Duration::ZERO && call.attempt() == 1);
+        self.sent.inc();
+        Ok(Outcome::Delivered(herald_core::Upstream::new(200, "ok")))
+    }
+
+    async fn warm_up(&self) -> Result<(), DeliveryError> {
+        self.warmed.notify_one();
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn backends_are_warmed_up_closed_after_the_drain_and_export_their_own_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let warmed = Arc::new(tokio::sync::Notify::new());
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut registry = crate::common::registry(&herald_testkit::scripted::ScriptedBackend::new());
+    let (w, c) = (warmed.clone(), closed.clone());
+    registry.register("lifecycle", move |app, _| {
+        let sent = prometheus_client::metrics::counter::Counter::default();
+        app.metrics.register("lifecycle_sent", "Messages the test backend sent", sent.clone());
+        Ok(Arc::new(Lifecycle { warmed: w.clone(), closed: c.clone(), sent }))
+    });
+    let cfg = config(dir.path(), "[apps.\"org.example.life\"]\nkind = \"lifecycle\"\n");
+    let server = herald_server::Server::bind(&cfg, &registry).await.unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    tokio::time::timeout(Duration::from_secs(5), warmed.notified()).await.expect("warmed up");
+    let body = message("$life", "org.example.life", "k").to_string();
+    assert_eq!(post(addr, "/_matrix/push/v1/notify", body).await.0, 200);
+    let metrics = get_text(addr, "/metrics").await;
+    assert!(
+        metrics.contains(r#"herald_lifecycle_sent_total{app="org.example.life"} 1"#),
+        "{metrics}"
+    );
+    assert!(!closed.load(std::sync::atomic::Ordering::SeqCst), "closed while serving");
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    assert!(closed.load(std::sync::atomic::Ordering::SeqCst), "close() was not called");
+}
