@@ -178,49 +178,13 @@ impl DeliveryLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
+    use herald_testkit::logs::LogCapture;
     use herald_testkit::scripted::{ScriptedBackend, Step};
-    use tracing_subscriber::fmt::MakeWriter;
-
-    /// Log lines written by a scoped subscriber (this thread only).
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Captured {
-        type Writer = Captured;
-        fn make_writer(&'a self) -> Captured {
-            self.clone()
-        }
-    }
-
-    impl Captured {
-        fn lines(&self) -> Vec<serde_json::Value> {
-            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-        }
-    }
 
     #[tokio::test]
     async fn retried_deliveries_are_logged_at_info() {
-        let logs = Captured::default();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(logs.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (logs, _guard) = LogCapture::start_json(tracing::Level::INFO);
 
         let backend = ScriptedBackend::new();
         backend.script("secret-pushkey-1", [Step::Transient(None), Step::Deliver]);
@@ -279,7 +243,7 @@ mod tests {
             assert_eq!(line["last_error"], "transient", "{line}");
             assert!(line["elapsed_ms"].is_u64(), "{line}");
         }
-        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let text = logs.text();
         assert!(!text.contains("secret-pushkey"), "pushkeys are never logged: {text}");
         assert!(!text.contains("scripted: 503"), "upstream text is never logged: {text}");
     }

@@ -12,6 +12,7 @@
 
 pub mod behaviour;
 pub mod fake_push;
+pub mod logs;
 pub mod notify;
 pub mod proxy;
 pub mod scripted;

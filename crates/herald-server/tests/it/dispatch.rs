@@ -308,7 +308,7 @@ async fn store_unavailable_is_503_and_recovers() {
 
 #[tokio::test]
 async fn delivered_but_not_recorded_is_200_with_an_error_log() {
-    let (logs, _guard) = crate::observability::LogCapture::start();
+    let (logs, _guard) = crate::observability::capture_logs();
     let (s, dir) = server().await;
     // Every write to the store now fails (as on a full disk); lookups still work.
     let mut db = store_connection(dir.path()).await;

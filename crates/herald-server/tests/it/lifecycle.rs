@@ -203,7 +203,7 @@ async fn in_flight(addr: std::net::SocketAddr) -> f64 {
 #[tokio::test]
 async fn shutdown_waits_for_deliveries_whose_client_hung_up() {
     use tokio::io::AsyncWriteExt;
-    let (logs, _guard) = crate::observability::LogCapture::start();
+    let (logs, _guard) = crate::observability::capture_logs();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "[apps.\"com.example.gated\"]\nkind = \"gated\"\n");
     let gated = Gated::default();
@@ -306,7 +306,7 @@ async fn faulty(dir: &std::path::Path, panic_on_prune: bool) -> Arc<Faulty> {
 
 #[tokio::test]
 async fn a_dead_pruner_stops_the_server_with_an_error() {
-    let (logs, _guard) = crate::observability::LogCapture::start();
+    let (logs, _guard) = crate::observability::capture_logs();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "[store]\nprune_interval = \"100ms\"\n");
     let registry = crate::common::registry(&herald_testkit::scripted::ScriptedBackend::new());

@@ -3,13 +3,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use herald_testkit::logs::LogCapture;
 use herald_testkit::notify::message;
 use herald_testkit::scripted::Step;
-use serde_json::Value;
-use tracing_subscriber::fmt::MakeWriter;
 
 use crate::common::{config, free_addr, get_text, write_config_file, TestServer, APP};
 
@@ -18,52 +16,8 @@ use crate::common::{config, free_addr, get_text, write_config_file, TestServer, 
 /// The server's tasks log on the thread that polls them, so a test using this must run on a
 /// current-thread runtime (the `#[tokio::test]` default); other tests' servers, on their own
 /// threads, never show up here.
-#[derive(Clone, Default)]
-pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
-
-impl LogCapture {
-    pub fn start() -> (LogCapture, tracing::subscriber::DefaultGuard) {
-        let capture = LogCapture::default();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(capture.clone())
-            .finish();
-        let guard = tracing::subscriber::set_default(subscriber);
-        (capture, guard)
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-
-    pub fn lines(&self) -> Vec<Value> {
-        self.text().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-    }
-
-    /// The events with this message.
-    pub fn events(&self, message: &str) -> Vec<Value> {
-        self.lines().into_iter().filter(|l| l["message"] == message).collect()
-    }
-}
-
-impl std::io::Write for LogCapture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for LogCapture {
-    type Writer = LogCapture;
-    fn make_writer(&'a self) -> LogCapture {
-        self.clone()
-    }
+pub fn capture_logs() -> (LogCapture, tracing::subscriber::DefaultGuard) {
+    LogCapture::start_json(tracing::Level::INFO)
 }
 
 /// The value of an unlabelled gauge or counter line.
@@ -122,7 +76,7 @@ async fn requests_are_counted_by_route() {
 
 #[tokio::test]
 async fn retried_delivery_is_logged_at_info_without_the_pushkey() {
-    let (logs, _guard) = LogCapture::start();
+    let (logs, _guard) = capture_logs();
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&config(dir.path(), "")).await;
     let pushkey = "pushkey-that-must-not-be-logged";

@@ -1,38 +1,15 @@
 //! Nothing a push service answers, and no endpoint path, ends up in an error message or a log:
 //! answer bodies echo endpoint paths and tokens.
 
-use std::sync::{Arc, Mutex};
-
 use herald_testkit::fake_push::Answer;
+use herald_testkit::logs::LogCapture;
 use serde_json::json;
-use tracing_subscriber::fmt::MakeWriter;
 
 use crate::{device, fake, message, Setup};
 
-/// Everything logged while the test runs (this thread's default subscriber).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn answer_bodies_and_endpoint_paths_never_reach_errors_or_logs() {
-    let logs = Captured::default();
+    let logs = LogCapture::default();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_ansi(false)
@@ -85,7 +62,7 @@ async fn answer_bodies_and_endpoint_paths_never_reach_errors_or_logs() {
     assert!(texts[6].contains("errno 111"), "{}", texts[6]);
     assert!(texts[8].contains("429") && texts[8].contains("errno 202"), "{}", texts[8]);
 
-    let logged = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("utf-8");
+    let logged = logs.text();
     assert!(!logged.contains(secret), "leaked into the logs:\n{logged}");
     assert!(!logged.contains("/wpush/"), "path leaked into the logs:\n{logged}");
 }
