@@ -8,30 +8,19 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use herald_server::{BackendRegistry, Config, Server};
 
-/// `herald --version`: the version and the backends compiled into this binary (one line per
-/// backend feature, beside `BackendRegistry::compiled`).
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (backends: log", webpush!(), ")");
-
-#[cfg(feature = "webpush")]
-macro_rules! webpush {
-    () => {
-        ", webpush"
-    };
+/// `herald --version`: the version and the backends compiled into this binary, as the registry
+/// knows them (one source of truth: a new backend feature shows here by registering).
+fn version() -> String {
+    let kinds: Vec<&str> = BackendRegistry::compiled().kinds().collect();
+    format!("{} (backends: {})", env!("CARGO_PKG_VERSION"), kinds.join(", "))
 }
-#[cfg(not(feature = "webpush"))]
-macro_rules! webpush {
-    () => {
-        ""
-    };
-}
-use webpush;
 
 /// Herald, a Matrix push gateway.
 #[derive(Parser)]
-#[command(name = "herald", version = VERSION, about)]
+#[command(name = "herald", about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,7 +51,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().version(version()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -35,6 +35,12 @@ impl BackendRegistry {
         registry.register_factory::<LogBackend>();
         #[cfg(feature = "webpush")]
         registry.register_factory::<herald_webpush::WebPushBackend>();
+        #[cfg(feature = "apns")]
+        registry.register_factory::<herald_apns::ApnsBackend>();
+        #[cfg(feature = "email")]
+        registry.register_factory::<herald_email::EmailBackend>();
+        #[cfg(feature = "fcm")]
+        registry.register_factory::<herald_fcm::FcmBackend>();
         registry
     }
 

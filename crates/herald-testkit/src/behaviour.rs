@@ -242,6 +242,12 @@ impl FakeUpstream for crate::fake_push::FakePushService {
 #[derive(Debug)]
 pub struct NoUpstream;
 
+/// A loopback port nobody listens on (it was free a moment ago): connecting to it is refused.
+pub fn closed_port() -> u16 {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    closed.local_addr().expect("its address").port()
+}
+
 impl FakeUpstream for NoUpstream {
     fn requests(&self) -> usize {
         0

@@ -27,7 +27,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+
 use openssl::bn::{BigNum, BigNumContext};
 use openssl::ec::{EcGroup, EcKey, EcPoint};
 use openssl::ecdsa::EcdsaSig;
@@ -370,37 +370,7 @@ async fn serve(state: Arc<State>, stream: TcpStream, tls: Option<TlsAcceptor>) {
         handle(Arc::clone(&state), request, Arc::clone(&service_kill))
     });
     // `Answer::Reset` drops the connection (and so closes the socket) mid-request.
-    match tls {
-        None => {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = connection => {}
-                () = kill.notified() => {}
-            }
-        }
-        Some(acceptor) => {
-            // A failed handshake (e.g. a client that does not trust the CA) just ends here.
-            let Ok(stream) = acceptor.accept(stream).await else { return };
-            let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
-            let io = TokioIo::new(stream);
-            if h2 {
-                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(io, service);
-                tokio::select! {
-                    _ = connection => {}
-                    () = kill.notified() => {}
-                }
-            } else {
-                let connection =
-                    hyper::server::conn::http1::Builder::new().serve_connection(io, service);
-                tokio::select! {
-                    _ = connection => {}
-                    () = kill.notified() => {}
-                }
-            }
-        }
-    }
+    crate::tls::serve_connection(stream, tls, crate::tls::Cleartext::Http1, service, kill).await;
 }
 
 async fn handle(

@@ -176,3 +176,63 @@ mod tests {
         assert!(ca.pem().starts_with("-----BEGIN CERTIFICATE-----"));
     }
 }
+
+/// What a fake speaks on a connection without TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cleartext {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c).
+    H2,
+}
+
+/// Serves one accepted connection of a fake with hyper until it ends or `kill` is notified (a
+/// fake's "drop the connection" answer): over TLS from `tls`, HTTP/2 or HTTP/1.1 as ALPN chose;
+/// without, as `cleartext` says. A failed handshake (a client that does not trust the CA) just
+/// ends the connection.
+pub(crate) async fn serve_connection<S, B>(
+    stream: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    cleartext: Cleartext,
+    service: S,
+    kill: Arc<tokio::sync::Notify>,
+) where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Send + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use hyper::server::conn::{http1, http2};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    /// Streams per HTTP/2 connection: more than any test opens at once.
+    const MAX_STREAMS: u32 = 1000;
+    let stop = kill.notified();
+    match tls {
+        None if cleartext == Cleartext::H2 => {
+            let connection = http2::Builder::new(TokioExecutor::new())
+                .max_concurrent_streams(MAX_STREAMS)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! { _ = connection => {}, () = stop => {} }
+        }
+        None => {
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::select! { _ = connection => {}, () = stop => {} }
+        }
+        Some(acceptor) => {
+            let Ok(stream) = acceptor.accept(stream).await else { return };
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+            let io = TokioIo::new(stream);
+            if h2 {
+                let connection = http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(MAX_STREAMS)
+                    .serve_connection(io, service);
+                tokio::select! { _ = connection => {}, () = stop => {} }
+            } else {
+                let connection = http1::Builder::new().serve_connection(io, service);
+                tokio::select! { _ = connection => {}, () = stop => {} }
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use herald_core::{DeliveryError, Upstream};
 use http::StatusCode;
 
 use crate::connect::ConnectFailure;
@@ -114,6 +115,35 @@ impl UpstreamError {
     /// Whether a timeout ran out.
     pub fn is_timeout(&self) -> bool {
         matches!(self, UpstreamError::Timeout { .. })
+    }
+
+    /// A short label for the `reason` of metrics and outcome records: `timeout`, `connect`,
+    /// `tls`, `proxy`, `refused`, `protocol` or `invalid_request`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::Tls { .. } => "tls",
+            UpstreamError::Proxy { .. } => "proxy",
+            UpstreamError::Refused { .. } => "refused",
+            UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::InvalidRequest { .. } => "invalid_request",
+        }
+    }
+
+    /// What a delivery makes of a request that got no answer, unless the backend knows better
+    /// (a refused client certificate, a stream the server did not process): transient when the
+    /// same request may succeed later ([`Self::is_retryable`]), else the message is refused. The
+    /// outcome's reason is [`Self::label`]; the message names the origin only, never the path,
+    /// and its causes (`{:#}`: what TLS said about the certificate).
+    pub fn into_delivery_error(self) -> DeliveryError {
+        let (retryable, label) = (self.is_retryable(), self.label());
+        let error = if retryable {
+            DeliveryError::transient(format!("{self:#}"))
+        } else {
+            DeliveryError::message_refused(format!("{self}"))
+        };
+        error.with_upstream(Upstream::no_answer(label)).with_source(self)
     }
 }
 

@@ -324,33 +324,12 @@ fn classify(answer: &UpstreamResponse, origin: &str, jwt: &Jwt) -> Result<Outcom
 /// Maps a request that got no answer onto the outcome classes (`deliver` logs the guard's
 /// refusal first). The client's errors name the origin only, never the path.
 fn no_answer(error: UpstreamError) -> DeliveryError {
-    let reason = match &error {
-        UpstreamError::Refused { .. } => {
-            return DeliveryError::message_refused(format!("{error}"))
-                .with_upstream(Upstream::no_answer("endpoint_refused"));
-        }
-        UpstreamError::InvalidRequest { .. } => {
-            // The pre-check makes this impossible; were it not, retrying could not help.
-            return DeliveryError::message_refused(format!("{error}"))
-                .with_upstream(Upstream::no_answer("invalid_request"));
-        }
-        UpstreamError::Timeout { .. } => "timeout",
-        UpstreamError::Tls { .. } => "tls",
-        UpstreamError::Proxy { .. } => "proxy",
-        UpstreamError::Protocol { .. } => "protocol",
-        UpstreamError::Connect { .. } => "connect",
-        // Whatever the client learns to report later, by what it says of retrying.
-        _ if !error.is_retryable() => {
-            return DeliveryError::message_refused(format!("{error}"))
-                .with_upstream(Upstream::no_answer("refused"))
-                .with_source(error);
-        }
-        _ => "connect",
-    };
-    // `{:#}`: the sentence and its causes on one line (what TLS said about the certificate).
-    DeliveryError::transient(format!("{error:#}"))
-        .with_upstream(Upstream::no_answer(reason))
-        .with_source(error)
+    match error {
+        UpstreamError::Refused { .. } => DeliveryError::message_refused(format!("{error}"))
+            .with_upstream(Upstream::no_answer("endpoint_refused")),
+        // `InvalidRequest` cannot happen (the pre-check); were it not, retrying could not help.
+        error => error.into_delivery_error(),
+    }
 }
 
 #[async_trait]

@@ -2,6 +2,8 @@
 
 #![allow(unreachable_pub, missing_docs, clippy::unwrap_used)]
 
+#[cfg(feature = "apns")]
+mod apns;
 mod common;
 mod config_checks;
 // The shipped configurations contain a WebPush app.
@@ -9,6 +11,10 @@ mod config_checks;
 mod configs;
 mod dispatch;
 mod edge;
+#[cfg(feature = "email")]
+mod email;
+#[cfg(feature = "fcm")]
+mod fcm;
 mod handlers;
 mod leniency;
 mod lifecycle;

@@ -64,9 +64,7 @@ impl BehaviourAdapter for WebPushAdapter {
         let mut data = sub.pusher_data();
         let upstream: Box<dyn behaviour::FakeUpstream> = match behaviour {
             Behaviour::ConnectionRefused => {
-                let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-                let port = closed.local_addr().expect("addr").port();
-                drop(closed);
+                let port = herald_testkit::behaviour::closed_port();
                 data["endpoint"] = format!("https://127.0.0.1:{port}/push/behaviour").into();
                 Box::new(NoUpstream)
             }

@@ -107,9 +107,7 @@ async fn a_reset_connection_or_closed_port_is_transient() {
     assert_eq!(setup.deliver(&message("x"), &d).await.expect("next works"), delivered());
 
     // A port nobody listens on: connection refused.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = closed.local_addr().expect("addr").port();
-    drop(closed);
+    let port = herald_testkit::behaviour::closed_port();
     let d = device_with(
         &sub.p256dh,
         json!({"endpoint": format!("http://127.0.0.1:{port}/push/a"), "auth": sub.auth}),
