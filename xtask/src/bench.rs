@@ -6,8 +6,11 @@
 //! fake push service (`bench_upstream`), and for each scenario drives 64 keep-alive connections
 //! with wrk for a fixed time: against a bare hyper server (`bench_ceiling`, the ceiling), then
 //! against a fresh `herald serve` per scenario (unique events, duplicates, badge-only updates,
-//! unique events with a pre-filled dedup table). It prints a table, checks the targets and writes
-//! `target/bench/report.json`. It fails only when the harness breaks or a scenario has errors.
+//! unique events with a pre-filled dedup table; unique events to a fake FCM over HTTP/2, with
+//! its own fake, `bench_fcm`; unique events mailed to a fast SMTP sink, `bench_smtp_sink`; unique
+//! events to a fake APNs over HTTP/2, `bench_apns`). It prints a table, checks the targets and
+//! writes `target/bench/report.json`. It fails only when the harness breaks or a scenario has
+//! errors.
 
 mod procs;
 mod report;
@@ -32,7 +35,8 @@ const USAGE: &str = "usage: cargo xtask bench [--quick] [--duration SECS] [--war
   --warmup SECS    unmeasured load before each scenario (default 2)
   --rows N         rows pre-filled for the large-table scenario (default 10000000)
   --connections N  keep-alive connections (default 64)
-  --only NAMES     run only these of: unique, duplicates, badge_only, unique_filled
+  --only NAMES     run only these of: unique, duplicates, badge_only, unique_filled, fcm,
+                   email, apns
                    (the ceiling always runs: every figure is a ratio to it)
   --no-build       use the release binaries already built
   --perf           record a CPU profile of herald in every herald scenario that runs, with
@@ -51,11 +55,28 @@ pub(crate) enum Kind {
     BadgeOnly,
     /// Like `Unique`, with the dedup table pre-filled.
     UniqueFilled,
+    /// A new event per request, one FCM device each, to a fake FCM over HTTPS and HTTP/2
+    /// (`bench_fcm`) answering 200 at once; the OAuth token is cached after the warm-up.
+    Fcm,
+    /// A new event per request to one email pusher, mailed over plain SMTP on loopback to a sink
+    /// that accepts at once (`bench_smtp_sink`): templates, MIME and the SMTP client's pool.
+    Email,
+    /// A new event per request, one iOS device each, to a fake APNs over HTTPS and HTTP/2
+    /// (`bench_apns`) answering 200 at once; the provider token is signed once and reused.
+    Apns,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] =
-        [Kind::Ceiling, Kind::Unique, Kind::Duplicates, Kind::BadgeOnly, Kind::UniqueFilled];
+    const ALL: [Kind; 8] = [
+        Kind::Ceiling,
+        Kind::Unique,
+        Kind::Duplicates,
+        Kind::BadgeOnly,
+        Kind::UniqueFilled,
+        Kind::Fcm,
+        Kind::Email,
+        Kind::Apns,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -64,6 +85,9 @@ impl Kind {
             Kind::Duplicates => "duplicates",
             Kind::BadgeOnly => "badge_only",
             Kind::UniqueFilled => "unique_filled",
+            Kind::Fcm => "fcm",
+            Kind::Email => "email",
+            Kind::Apns => "apns",
         }
     }
 }
@@ -274,6 +298,14 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             "bench_ceiling",
             "--example",
             "bench_fill",
+            "--example",
+            "bench_fcm",
+            "--example",
+            "bench_apns",
+            "-p",
+            "herald-email",
+            "--example",
+            "bench_smtp_sink",
         ])?;
     }
     let herald = release.join("herald");
@@ -409,7 +441,8 @@ fn ceiling(bench: &Bench) -> Result<Outcome, String> {
         bench.wrk(&load, "ceiling.warmup.txt")?;
     }
     let load = bench.load(addr, Body::Unique, "c", bench.options.duration);
-    let m = measure(bench, proc.pid(), &load, "ceiling.wrk.txt", None, None)?;
+    let upstream_pid = bench.upstream.proc.pid();
+    let m = measure(bench, proc.pid(), upstream_pid, &load, "ceiling.wrk.txt", None, None)?;
     let rss_hwm = procs::status_kb(proc.pid(), "VmHWM").unwrap_or(0);
     proc.stop(Duration::from_secs(2));
     Ok(Outcome {
@@ -438,12 +471,12 @@ fn ceiling(bench: &Bench) -> Result<Outcome, String> {
 fn measure(
     bench: &Bench,
     pid: u32,
+    upstream_pid: u32,
     load: &Load<'_>,
     log: &str,
     profile: Option<&str>,
     wal: Option<PathBuf>,
 ) -> Result<Measurement, String> {
-    let upstream_pid = bench.upstream.proc.pid();
     let sampler = RssSampler::new(pid, wal);
     let before = Usage::of(pid, bench.ticks);
     let upstream_before = Usage::of(upstream_pid, bench.ticks);
@@ -492,9 +525,12 @@ fn herald_scenario(bench: &Bench, kind: Kind) -> Result<Outcome, String> {
 
     let port = procs::free_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let upstream = ScenarioUpstream::start(bench, kind, &dir)?;
+    let pushes = || upstream.pushes();
+    let upstream_pid = upstream.pid();
     let config = dir.join("herald.toml");
-    std::fs::write(&config, herald_config(&data, &bench.run_dir.join("vapid.pem"), addr))
-        .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    let text = upstream.config(bench, &data, &dir, addr);
+    std::fs::write(&config, text).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
     let log_path = dir.join("herald.log");
     let log = std::fs::File::create(&log_path)
         .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
@@ -519,14 +555,17 @@ fn herald_scenario(bench: &Bench, kind: Kind) -> Result<Outcome, String> {
         _ => options.warmup,
     };
     if !warmup.is_zero() {
-        let pushes = bench.upstream.pushes()?;
+        let pushes_before = pushes()?;
         let warm_tag = format!("{tag}w");
         // Duplicates prime the very events the measured run repeats.
         let warm_tag = if kind == Kind::Duplicates { &tag } else { &warm_tag };
-        let load = bench.load(addr, body, warm_tag, warmup);
+        let mut load = bench.load(addr, body, warm_tag, warmup);
+        if let Some(pushkey) = upstream.pushkey() {
+            load.pushkey = pushkey;
+        }
         let warm = bench.wrk(&load, &format!("{}.warmup.txt", kind.name()))?;
         if kind == Kind::Duplicates {
-            let delivered = bench.upstream.pushes()? - pushes;
+            let delivered = pushes()? - pushes_before;
             if warm.requests < u64::from(DUPLICATE_SET) || delivered != u64::from(DUPLICATE_SET) {
                 problems.push(format!(
                     "priming: {} requests over {DUPLICATE_SET} events reached the push service \
@@ -540,15 +579,18 @@ fn herald_scenario(bench: &Bench, kind: Kind) -> Result<Outcome, String> {
     // Requests wrk left in flight finish first, so that the counters below are the run's alone.
     wait_idle(addr);
     let metrics_before = herald_outcomes(addr);
-    let pushes_before = bench.upstream.pushes()?;
-    let load = bench.load(addr, body, &tag, options.duration);
+    let pushes_before = pushes()?;
+    let mut load = bench.load(addr, body, &tag, options.duration);
+    if let Some(pushkey) = upstream.pushkey() {
+        load.pushkey = pushkey;
+    }
     let profile = options.perf.then_some(kind.name());
     let wal = data.join("herald.db-wal");
     let log_name = format!("{}.wrk.txt", kind.name());
-    let m = measure(bench, herald.pid(), &load, &log_name, profile, Some(wal))?;
+    let m = measure(bench, herald.pid(), upstream_pid, &load, &log_name, profile, Some(wal))?;
     let measured = m.measured;
     wait_idle(addr);
-    let upstream_pushes = bench.upstream.pushes()? - pushes_before;
+    let upstream_pushes = pushes()? - pushes_before;
     let metrics_after = herald_outcomes(addr);
     let rss_hwm = procs::status_kb(herald.pid(), "VmHWM").unwrap_or(0);
 
@@ -569,6 +611,10 @@ fn herald_scenario(bench: &Bench, kind: Kind) -> Result<Outcome, String> {
         problems.push(format!("herald exited during the run\n{}", tail(&log_path)));
     }
     herald.stop(Duration::from_secs(10));
+    if let Err(problem) = upstream.check() {
+        problems.push(problem);
+    }
+    upstream.stop();
     if kind == Kind::UniqueFilled {
         // Hundreds of megabytes nobody will look at; the logs stay.
         let _ = std::fs::remove_dir_all(&data);
@@ -577,6 +623,9 @@ fn herald_scenario(bench: &Bench, kind: Kind) -> Result<Outcome, String> {
         Kind::Unique => "unique events".to_owned(),
         Kind::Duplicates => format!("duplicates ({DUPLICATE_SET} events)"),
         Kind::BadgeOnly => "badge-only".to_owned(),
+        Kind::Fcm => "FCM unique events".to_owned(),
+        Kind::Email => "email unique events".to_owned(),
+        Kind::Apns => "APNs unique events".to_owned(),
         _ => format!("unique, {} rows", report::rows_label(options.rows)),
     };
     Ok(Outcome {
@@ -628,6 +677,98 @@ fn check(
     }
 }
 
+/// Where a herald scenario's app delivers: the shared fake push service, or a fake of the
+/// scenario's own, started before herald and stopped after it.
+enum ScenarioUpstream<'a> {
+    /// The shared WebPush push service (`bench_upstream`); the webpush scenarios.
+    Shared(&'a Upstream),
+    /// A fake FCM and token endpoint (`bench_fcm`).
+    Fcm(FakeFcm),
+    /// An SMTP sink (`bench_smtp_sink`).
+    Email(SmtpSink),
+    /// A fake APNs (`bench_apns`).
+    Apns(FakeApns),
+}
+
+impl<'a> ScenarioUpstream<'a> {
+    /// Starts `kind`'s own fake, if it has one; it may write its files into `dir`.
+    fn start(bench: &'a Bench, kind: Kind, dir: &Path) -> Result<Self, String> {
+        Ok(match kind {
+            Kind::Fcm => ScenarioUpstream::Fcm(start_fcm(bench, dir)?),
+            Kind::Email => ScenarioUpstream::Email(start_sink(bench)?),
+            Kind::Apns => ScenarioUpstream::Apns(start_apns(bench, dir)?),
+            _ => ScenarioUpstream::Shared(&bench.upstream),
+        })
+    }
+
+    /// What it accepted so far (pushes, messages, mails).
+    fn pushes(&self) -> Result<u64, String> {
+        match self {
+            ScenarioUpstream::Shared(upstream) => upstream.pushes(),
+            ScenarioUpstream::Fcm(fcm) => fcm.pushes(),
+            ScenarioUpstream::Email(sink) => sink.pushes(),
+            ScenarioUpstream::Apns(apns) => apns.pushes(),
+        }
+    }
+
+    fn proc(&self) -> &Proc {
+        match self {
+            ScenarioUpstream::Shared(upstream) => &upstream.proc,
+            ScenarioUpstream::Fcm(fcm) => &fcm.proc,
+            ScenarioUpstream::Email(sink) => &sink.proc,
+            ScenarioUpstream::Apns(apns) => &apns.proc,
+        }
+    }
+
+    /// Its process, whose CPU the report counts as the upstream's.
+    fn pid(&self) -> u32 {
+        self.proc().pid()
+    }
+
+    /// Herald's configuration: one app for the benchmark's app_id, delivering here.
+    fn config(&self, bench: &Bench, data: &Path, dir: &Path, addr: SocketAddr) -> String {
+        match self {
+            ScenarioUpstream::Shared(_) => {
+                herald_config(data, &bench.run_dir.join("vapid.pem"), addr)
+            }
+            ScenarioUpstream::Fcm(fcm) => fcm_config(data, dir, &fcm.endpoint, addr),
+            ScenarioUpstream::Email(sink) => email_config(data, sink.smtp, addr),
+            ScenarioUpstream::Apns(apns) => apns_config(data, dir, apns, addr),
+        }
+    }
+
+    /// The device's pushkey when it is not the shared push service's p256dh.
+    fn pushkey(&self) -> Option<&'static str> {
+        match self {
+            ScenarioUpstream::Shared(_) | ScenarioUpstream::Fcm(_) => None,
+            // An email pusher's pushkey is an address.
+            ScenarioUpstream::Email(_) => Some(EMAIL_PUSHKEY),
+            ScenarioUpstream::Apns(_) => Some(APNS_PUSHKEY),
+        }
+    }
+
+    /// The fake's own checks, after the run.
+    fn check(&self) -> Result<(), String> {
+        match self {
+            ScenarioUpstream::Shared(_) => Ok(()),
+            ScenarioUpstream::Fcm(fcm) => fcm.check(),
+            ScenarioUpstream::Email(sink) => sink.check(),
+            ScenarioUpstream::Apns(apns) => apns.check(),
+        }
+    }
+
+    /// Stops the scenario's own fake; the shared one runs on.
+    fn stop(self) {
+        let proc = match self {
+            ScenarioUpstream::Shared(_) => return,
+            ScenarioUpstream::Fcm(fcm) => fcm.proc,
+            ScenarioUpstream::Email(sink) => sink.proc,
+            ScenarioUpstream::Apns(apns) => apns.proc,
+        };
+        proc.stop(Duration::from_secs(2));
+    }
+}
+
 fn herald_config(data: &Path, vapid: &Path, addr: SocketAddr) -> String {
     format!(
         r#"# Written by `cargo xtask bench`.
@@ -648,6 +789,278 @@ allowed_endpoints = ["127.0.0.1:*"]
 "#,
         data = data.display(),
         vapid = vapid.display(),
+        app = wrk::APP_ID,
+    )
+}
+
+/// The running fake FCM of the fcm scenario (`bench_fcm`).
+struct FakeFcm {
+    proc: Proc,
+    /// Its stats server.
+    addr: SocketAddr,
+    /// FCM's base URL.
+    endpoint: String,
+}
+
+impl FakeFcm {
+    fn stats(&self) -> Result<Value, String> {
+        let (_, body) = procs::http_get(self.addr, "/stats")?;
+        serde_json::from_str(&body).map_err(|e| format!("bench_fcm stats: {e}"))
+    }
+
+    /// Messages FCM accepted.
+    fn pushes(&self) -> Result<u64, String> {
+        self.stats()?["pushes"].as_u64().ok_or_else(|| "bench_fcm stats without pushes".into())
+    }
+
+    /// Every message passed FCM's checks, over one connection, with one token fetched.
+    fn check(&self) -> Result<(), String> {
+        let stats = self.stats()?;
+        let n = |k: &str| stats[k].as_u64().unwrap_or(u64::MAX);
+        if n("rejected") != 0 || n("token_grants") != 1 || n("connections") != 1 {
+            return Err(format!(
+                "fake FCM: expected no refused message, one token, one connection: {stats}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn start_fcm(bench: &Bench, dir: &Path) -> Result<FakeFcm, String> {
+    let mut command = Command::new(bench.examples.join("bench_fcm"));
+    command
+        .arg("--dir")
+        .arg(dir)
+        .args(["--threads", "1", "--max-seconds", "3600"])
+        .stdout(Stdio::piped());
+    let mut proc = Proc::spawn("bench_fcm", &mut command, Some(&bench.pid_file))?;
+    let line = proc.first_line(Duration::from_secs(20))?;
+    let hello: Value =
+        serde_json::from_str(&line).map_err(|e| format!("bench_fcm said {line:?}: {e}"))?;
+    let addr = hello["addr"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("bench_fcm said {line:?}"))?;
+    let endpoint = hello["endpoint"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("bench_fcm said {line:?}"))?;
+    Ok(FakeFcm { proc, addr, endpoint })
+}
+
+/// An FCM app for the benchmark's app_id; `bench_fcm` wrote the CA and the service account to
+/// `dir`.
+fn fcm_config(data: &Path, dir: &Path, endpoint: &str, addr: SocketAddr) -> String {
+    format!(
+        r#"# Written by `cargo xtask bench`.
+data_dir = '{data}'
+
+[server]
+listen = "{addr}"
+
+[log]
+level = "warn"
+
+[apps."{app}"]
+kind = "fcm"
+service_account_file = '{account}'
+endpoint = "{endpoint}"
+
+[apps."{app}".upstream]
+ca_file = '{ca}'
+"#,
+        data = data.display(),
+        account = dir.join("service-account.json").display(),
+        ca = dir.join("test-ca.pem").display(),
+        app = wrk::APP_ID,
+    )
+}
+
+/// The pushkey of the email scenario's pusher.
+const EMAIL_PUSHKEY: &str = "bench@example.org";
+/// The email app's connection pool: mails in flight at most.
+const EMAIL_CONNECTIONS: u64 = 16;
+
+/// The running SMTP sink of the email scenario (`bench_smtp_sink`).
+struct SmtpSink {
+    proc: Proc,
+    /// Its stats server.
+    addr: SocketAddr,
+    /// Its SMTP port.
+    smtp: SocketAddr,
+}
+
+impl SmtpSink {
+    fn stats(&self) -> Result<Value, String> {
+        let (_, body) = procs::http_get(self.addr, "/stats")?;
+        serde_json::from_str(&body).map_err(|e| format!("bench_smtp_sink stats: {e}"))
+    }
+
+    /// Mails the sink accepted.
+    fn pushes(&self) -> Result<u64, String> {
+        self.stats()?["pushes"]
+            .as_u64()
+            .ok_or_else(|| "bench_smtp_sink stats without pushes".into())
+    }
+
+    /// The pool held: connections were reused (at most `max_connections`, plus one per 100 mails
+    /// for `max_messages_per_connection`).
+    fn check(&self) -> Result<(), String> {
+        let stats = self.stats()?;
+        let (connections, pushes) = (
+            stats["connections"].as_u64().unwrap_or(u64::MAX),
+            stats["pushes"].as_u64().unwrap_or(0),
+        );
+        if connections > EMAIL_CONNECTIONS + pushes / 100 + 1 {
+            return Err(format!(
+                "SMTP sink: {connections} connections for {pushes} mails: {stats}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn start_sink(bench: &Bench) -> Result<SmtpSink, String> {
+    let mut command = Command::new(bench.examples.join("bench_smtp_sink"));
+    command.args(["--max-seconds", "3600"]).stdout(Stdio::piped());
+    let mut proc = Proc::spawn("bench_smtp_sink", &mut command, Some(&bench.pid_file))?;
+    let line = proc.first_line(Duration::from_secs(10))?;
+    let hello: Value =
+        serde_json::from_str(&line).map_err(|e| format!("bench_smtp_sink said {line:?}: {e}"))?;
+    let addr = |k: &str| {
+        hello[k]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("bench_smtp_sink said {line:?}"))
+    };
+    Ok(SmtpSink { addr: addr("addr")?, smtp: addr("smtp")?, proc })
+}
+
+/// An email app for the benchmark's app_id, mailing the sink over plain SMTP (loopback), with
+/// no per-address limit (every request goes to one address).
+fn email_config(data: &Path, smtp: SocketAddr, addr: SocketAddr) -> String {
+    format!(
+        r#"# Written by `cargo xtask bench`.
+data_dir = '{data}'
+
+[server]
+listen = "{addr}"
+
+[log]
+level = "warn"
+
+[apps."{app}"]
+kind = "email"
+smtp_url = "smtp://{smtp}"
+from = "Herald bench <bench@example.org>"
+allowed_domains = ["example.org"]
+max_per_address = 0
+max_connections = {EMAIL_CONNECTIONS}
+client_url = "https://app.example.org/#/room/{{room_id}}/{{event_id}}"
+"#,
+        data = data.display(),
+        app = wrk::APP_ID,
+    )
+}
+
+/// The pushkey of the apns scenario's device: an iOS device token (32 bytes, `a0`…`bf`) in
+/// base64, as iOS apps register it; Herald sends it as 64 hex digits.
+const APNS_PUSHKEY: &str = "oKGio6SlpqeoqaqrrK2ur7CxsrO0tba3uLm6u7y9vr8=";
+
+/// The running fake APNs of the apns scenario (`bench_apns`).
+struct FakeApns {
+    proc: Proc,
+    /// Its stats server.
+    addr: SocketAddr,
+    /// The fake's base URL.
+    endpoint: String,
+    /// The provider token's key id and team id, and the app's topic.
+    key_id: String,
+    team_id: String,
+    topic: String,
+}
+
+impl FakeApns {
+    fn stats(&self) -> Result<Value, String> {
+        let (_, body) = procs::http_get(self.addr, "/stats")?;
+        serde_json::from_str(&body).map_err(|e| format!("bench_apns stats: {e}"))
+    }
+
+    /// Notifications APNs accepted.
+    fn pushes(&self) -> Result<u64, String> {
+        self.stats()?["pushes"].as_u64().ok_or_else(|| "bench_apns stats without pushes".into())
+    }
+
+    /// Every notification passed APNs's checks, all as streams of one HTTP/2 connection (64 in
+    /// flight at most, far below the fake's `MAX_CONCURRENT_STREAMS` of 1000).
+    fn check(&self) -> Result<(), String> {
+        let stats = self.stats()?;
+        let n = |k: &str| stats[k].as_u64().unwrap_or(u64::MAX);
+        if n("rejected") != 0 || n("connections") != 1 {
+            return Err(format!(
+                "fake APNs: expected no refused notification, one connection: {stats}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn start_apns(bench: &Bench, dir: &Path) -> Result<FakeApns, String> {
+    let mut command = Command::new(bench.examples.join("bench_apns"));
+    command
+        .arg("--dir")
+        .arg(dir)
+        .args(["--threads", "1", "--max-seconds", "3600"])
+        .stdout(Stdio::piped());
+    let mut proc = Proc::spawn("bench_apns", &mut command, Some(&bench.pid_file))?;
+    let line = proc.first_line(Duration::from_secs(20))?;
+    let hello: Value =
+        serde_json::from_str(&line).map_err(|e| format!("bench_apns said {line:?}: {e}"))?;
+    let text = |k: &str| {
+        hello[k].as_str().map(str::to_owned).ok_or_else(|| format!("bench_apns said {line:?}"))
+    };
+    let addr = text("addr")?.parse().map_err(|e| format!("bench_apns address: {e}"))?;
+    Ok(FakeApns {
+        addr,
+        endpoint: text("endpoint")?,
+        key_id: text("key_id")?,
+        team_id: text("team_id")?,
+        topic: text("topic")?,
+        proc,
+    })
+}
+
+/// An APNs app (token auth) for the benchmark's app_id; `bench_apns` wrote the CA and the `.p8`
+/// key to `dir`.
+fn apns_config(data: &Path, dir: &Path, apns: &FakeApns, addr: SocketAddr) -> String {
+    format!(
+        r#"# Written by `cargo xtask bench`.
+data_dir = '{data}'
+
+[server]
+listen = "{addr}"
+
+[log]
+level = "warn"
+
+[apps."{app}"]
+kind = "apns"
+key_file = '{key}'
+key_id = "{key_id}"
+team_id = "{team_id}"
+topic = "{topic}"
+endpoint = "{endpoint}"
+
+[apps."{app}".upstream]
+ca_file = '{ca}'
+"#,
+        data = data.display(),
+        key = dir.join("apns-key.p8").display(),
+        key_id = apns.key_id,
+        team_id = apns.team_id,
+        topic = apns.topic,
+        endpoint = apns.endpoint,
+        ca = dir.join("test-ca.pem").display(),
         app = wrk::APP_ID,
     )
 }
@@ -792,6 +1205,8 @@ mod tests {
         let o = parse_options(&args("--quick --duration 5 --only unique,badge_only")).unwrap();
         assert_eq!(o.duration.as_secs(), 5);
         assert_eq!(o.only, Some(vec![Kind::Unique, Kind::BadgeOnly]));
+        let o = parse_options(&args("--only apns,fcm,email")).unwrap();
+        assert_eq!(o.only, Some(vec![Kind::Apns, Kind::Fcm, Kind::Email]));
         assert!(parse_options(&args("--only nope")).is_err());
         assert!(parse_options(&args("--rows")).is_err());
     }

@@ -163,8 +163,11 @@ pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), St
     let timeout = Duration::from_secs(5);
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
+    // One write: `write!` on the stream itself would send each piece of the format in its own
+    // segment, and a server that reads once, answers and closes (`bench_smtp_sink`) then leaves
+    // the rest unread, which resets the connection before its answer is read.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
     let mut text = String::new();
     stream.read_to_string(&mut text).map_err(|e| e.to_string())?;
     let status = text

@@ -24,6 +24,9 @@ const OTHER_CPU_WARNING: f64 = 10.0;
 /// Herald's resident memory under load, at most.
 const MAX_RSS_MB: f64 = 25.0;
 
+/// The apns scenario's p99 at 64 connections, at most (issue 9).
+const APNS_MAX_P99_MS: f64 = 10.0;
+
 /// The dedup store's write-ahead log under load, at most (issue 7: it grew to 1.87 GB in 30 s).
 const MAX_WAL_MB: f64 = 64.0;
 
@@ -299,6 +302,11 @@ fn checks(outcomes: &[Outcome]) -> Vec<Check> {
             Kind::Duplicates => ratio_at_least(0.5),
             Kind::BadgeOnly => ratio_at_least(0.18),
             Kind::UniqueFilled => {}
+            Kind::Fcm => ratio_at_least(0.4),
+            // No target yet: the figures are recorded (docs/backends/email.md).
+            Kind::Email => {}
+            // Issue 9: no per-message crypto (the provider token is signed once an hour).
+            Kind::Apns => ratio_at_least(0.4),
         }
         if o.kind == Kind::Unique {
             push(
@@ -312,6 +320,14 @@ fn checks(outcomes: &[Outcome]) -> Vec<Check> {
                 "p99 ≤ 17 ms".into(),
                 format!("{:.2} ms", o.measured.p99_ms),
                 o.measured.p99_ms <= 17.0,
+            );
+        }
+        if o.kind == Kind::Apns {
+            push(
+                o,
+                format!("p99 ≤ {APNS_MAX_P99_MS} ms"),
+                format!("{:.2} ms", o.measured.p99_ms),
+                o.measured.p99_ms <= APNS_MAX_P99_MS,
             );
         }
         if o.kind == Kind::UniqueFilled {
