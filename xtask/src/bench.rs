@@ -1099,24 +1099,29 @@ fn herald_outcomes(addr: SocketAddr) -> Option<BTreeMap<String, u64>> {
     (!outcomes.is_empty()).then_some(outcomes)
 }
 
-/// Waits (at most 3 s) until herald has no request in flight, so its counters are final.
+/// Waits (at most 10 s) until herald's counters are final: no request in flight when herald
+/// exports the gauge, and the device outcome totals unchanged across 200 ms (a slow backend,
+/// such as email at a few hundred mails a second, finishes wrk's last requests well after wrk
+/// stops; reading the counters earlier splits a delivery's push and its outcome between runs).
 fn wait_idle(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline {
-        let in_flight = procs::http_get(addr, "/metrics").ok().and_then(|(_, text)| {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let total = || herald_outcomes(addr).map(|o| o.values().sum::<u64>());
+    let in_flight = || {
+        procs::http_get(addr, "/metrics").ok().and_then(|(_, text)| {
             text.lines()
                 .find(|l| l.starts_with("herald_in_flight_requests "))
                 .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        });
-        // The scrape itself is not a notify request; absent gauge: give it a moment and go on.
-        match in_flight {
-            Some(n) if n <= 0.0 => return,
-            None => {
-                std::thread::sleep(Duration::from_millis(300));
-                return;
-            }
-            Some(_) => std::thread::sleep(Duration::from_millis(20)),
+        })
+    };
+    let mut last = total();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = total();
+        // The scrape itself is not a notify request.
+        if now == last && in_flight().is_none_or(|n| n <= 0.0) {
+            return;
         }
+        last = now;
     }
 }
 
