@@ -11,10 +11,14 @@ use serde_json::{json, Value};
 
 use super::{Kind, Options, Outcome};
 
-/// Sygnal, the Python reference gateway, on the reference machine and the same load.
-const SYGNAL_PER_SECOND: f64 = 326.0;
-const SYGNAL_P99_MS: f64 = 333.0;
-const SYGNAL_RSS_MB: f64 = 70.0;
+/// Sygnal 0.17, the Python reference gateway, measured beside Herald on the 2-core reference
+/// machine under the same load (issue 14's table). Never measured by this harness: the report
+/// quotes it as a reference with its source and computes no ratio to it.
+const SYGNAL_PER_SECOND: f64 = 662.0;
+const SYGNAL_P99_MS: f64 = 181.0;
+const SYGNAL_RSS_MB: f64 = 71.0;
+const SYGNAL_SOURCE: &str = "Sygnal 0.17 on the 2-core reference machine, 64 connections, unique \
+                             events, one WebPush device (issue 14); not measured in this run";
 /// The ceiling on the reference machine.
 const REFERENCE_CEILING_PER_SECOND: f64 = 45_000.0;
 
@@ -157,6 +161,10 @@ impl Report {
                 ));
             }
         }
+        out.push_str(&format!(
+            "\nFor reference, not measured here: {SYGNAL_PER_SECOND:.0} notify/s, p99 \
+             {SYGNAL_P99_MS:.0} ms, {SYGNAL_RSS_MB:.0} MB RSS: {SYGNAL_SOURCE}.\n"
+        ));
         out.push_str(
             "\nTargets (issue 4; absolute figures hold on the 2-core reference machine):\n",
         );
@@ -231,11 +239,6 @@ impl Report {
                         "p50": of_ceiling(m.p50_ms, ceiling.as_ref().map(|c| c.p50_ms)),
                         "p99": of_ceiling(m.p99_ms, ceiling.as_ref().map(|c| c.p99_ms)),
                     },
-                    "ratio_to_sygnal_reference": (o.kind != Kind::Ceiling).then(|| json!({
-                        "notify_per_second": m.per_second() / SYGNAL_PER_SECOND,
-                        "p99": m.p99_ms / SYGNAL_P99_MS,
-                        "rss": mb(o.rss_peak) / SYGNAL_RSS_MB,
-                    })),
                 })
             })
             .collect();
@@ -270,7 +273,7 @@ impl Report {
             },
             "reference_machine": {
                 "sygnal": {"notify_per_second": SYGNAL_PER_SECOND, "p99_ms": SYGNAL_P99_MS,
-                           "rss_mb": SYGNAL_RSS_MB},
+                           "rss_mb": SYGNAL_RSS_MB, "source": SYGNAL_SOURCE},
                 "ceiling_per_second": REFERENCE_CEILING_PER_SECOND,
             },
             "scenarios": scenarios,
@@ -309,12 +312,7 @@ fn checks(outcomes: &[Outcome]) -> Vec<Check> {
             Kind::Apns => ratio_at_least(0.4),
         }
         if o.kind == Kind::Unique {
-            push(
-                o,
-                "≥ 8000 notify/s (≥ 25× Sygnal)".into(),
-                format!("{rate:.0} ({:.1}× Sygnal)", rate / SYGNAL_PER_SECOND),
-                rate >= 8000.0,
-            );
+            push(o, "≥ 8000 notify/s (absolute)".into(), format!("{rate:.0}"), rate >= 8000.0);
             push(
                 o,
                 "p99 ≤ 17 ms".into(),
