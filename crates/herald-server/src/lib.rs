@@ -5,7 +5,8 @@
 //! device by app_id and claims it ([`claims`], [`store`]) → [`delivery`] calls the backend with
 //! deadline, retries and caps → [`dispatch`] records and answers. [`config`], [`registry`] and
 //! [`server`] assemble it; [`metrics`] and [`telemetry`] observe it; [`memory`] returns free heap
-//! memory to the system after bursts.
+//! memory to the system after bursts. [`import_sygnal`] and [`send_test`] are the operator
+//! commands `herald import-sygnal` and `herald send-test`.
 
 pub mod claims;
 pub mod config;
@@ -13,10 +14,12 @@ pub mod connections;
 pub mod delivery;
 pub mod dispatch;
 pub mod http;
+pub mod import_sygnal;
 pub mod memory;
 pub mod metrics;
 pub mod protocol_errors;
 pub mod registry;
+pub mod send_test;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -1,4 +1,5 @@
-//! The `herald` command line: `serve`, `check-config`, `vapid-keygen`.
+//! The `herald` command line: `serve`, `check-config`, `vapid-keygen`, `import-sygnal`,
+//! `send-test`.
 //!
 //! Exit codes (docs/operations.md): 0 after a clean shutdown or a valid configuration; 2 when the
 //! configuration cannot work (unreadable file, bad key, an app that cannot be built); 1 for
@@ -41,6 +42,34 @@ enum Command {
         #[arg(short, long, env = "HERALD_CONFIG")]
         config: PathBuf,
     },
+    /// Turn a Sygnal configuration (sygnal.yaml) into a Herald one; what cannot be carried over
+    /// is listed on stderr and as comments. Exit 0, or 2 when the file cannot be imported.
+    ImportSygnal {
+        /// The Sygnal configuration file (YAML).
+        sygnal_yaml: PathBuf,
+        /// Where to write the Herald configuration (refuses to overwrite); default: stdout.
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// Send one real notification through a configured app and report the upstream's answer.
+    /// Exit 0 delivered, 3 rejected (dead token), 4 failed or nothing sent, 2 configuration.
+    SendTest {
+        /// Configuration file (TOML).
+        #[arg(short, long, env = "HERALD_CONFIG")]
+        config: PathBuf,
+        /// The app_id the device's pusher is registered with.
+        #[arg(long)]
+        app: String,
+        /// The device's pushkey.
+        #[arg(long)]
+        pushkey: String,
+        /// The pusher's data, a JSON object (e.g. WebPush's {"endpoint": …, "auth": …}).
+        #[arg(long)]
+        data: Option<String>,
+        /// The message text (default: "Test notification from Herald").
+        #[arg(long)]
+        message: Option<String>,
+    },
     /// Create a VAPID key pair for a WebPush app and print the applicationServerKey.
     #[cfg(feature = "webpush")]
     VapidKeygen {
@@ -69,6 +98,14 @@ fn main() -> ExitCode {
             Command::CheckConfig { config } => check_config(&config).await,
             #[cfg(feature = "webpush")]
             Command::VapidKeygen { out } => vapid_keygen(&out),
+            Command::ImportSygnal { sygnal_yaml, out } => {
+                import_sygnal(&sygnal_yaml, out.as_deref())
+            }
+            Command::SendTest { config, app, pushkey, data, message } => {
+                let request =
+                    herald_server::send_test::SendTest { app_id: app, pushkey, data, message };
+                send_test(&config, &request).await
+            }
         }
     })
 }
@@ -129,6 +166,63 @@ async fn check_config(path: &std::path::Path) -> ExitCode {
     };
     eprintln!("herald: {} is valid ({apps} apps; store {store})", path.display());
     ExitCode::SUCCESS
+}
+
+/// Imports a Sygnal configuration: the TOML to `out` (or stdout), the notes to stderr.
+fn import_sygnal(sygnal_yaml: &std::path::Path, out: Option<&std::path::Path>) -> ExitCode {
+    let imported = match herald_server::import_sygnal::import_file(sygnal_yaml) {
+        Ok(imported) => imported,
+        Err(e) => {
+            eprintln!("herald: cannot import: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for note in &imported.notes {
+        eprintln!("herald: import-sygnal: {note}");
+    }
+    match out {
+        None => print!("{}", imported.toml),
+        Some(path) => {
+            let written =
+                std::fs::OpenOptions::new().write(true).create_new(true).open(path).and_then(
+                    |mut file| std::io::Write::write_all(&mut file, imported.toml.as_bytes()),
+                );
+            if let Err(e) = written {
+                eprintln!("herald: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+            eprintln!(
+                "herald: wrote {} ({} apps); check it with: herald check-config --config {}",
+                path.display(),
+                imported.apps,
+                path.display()
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Sends one notification and prints the report; the exit code says how it ended.
+async fn send_test(
+    path: &std::path::Path,
+    request: &herald_server::send_test::SendTest,
+) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    herald_server::telemetry::init(&config.log);
+    match herald_server::send_test::send_test(&config, &BackendRegistry::compiled(), request).await
+    {
+        Ok(report) => {
+            print!("{}", report.render(request));
+            ExitCode::from(report.exit_code())
+        }
+        Err(e) => {
+            eprintln!("herald: send-test: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 #[cfg(feature = "webpush")]

@@ -16,10 +16,17 @@ mod email;
 #[cfg(feature = "fcm")]
 mod fcm;
 mod handlers;
+mod herald_cli;
+#[cfg(all(feature = "apns", feature = "fcm", feature = "webpush"))]
+mod import_sygnal;
 mod leniency;
 mod lifecycle;
 mod limits;
 mod observability;
+// Through each compiled-in backend that talks to an upstream (`log` has none to test against).
+#[cfg(any(feature = "webpush", feature = "apns", feature = "fcm", feature = "email"))]
+mod send_test;
 mod store;
+mod systemd_unit;
 #[cfg(feature = "webpush")]
 mod webpush;
