@@ -66,6 +66,9 @@ pub struct ServerConfig {
     /// Most client connections open at once; unset = derived from the file-descriptor limit
     /// (see [`crate::connections::default_max_connections`]).
     pub max_connections: Option<usize>,
+    /// Where to serve `GET /metrics` instead of `listen`; unset = on `listen`. When set, the
+    /// notify port answers `/metrics` with 404, so the metrics need not be exposed with it.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +81,7 @@ impl Default for ServerConfig {
             body_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(25),
             max_connections: None,
+            metrics_listen: None,
         }
     }
 }
@@ -155,11 +159,13 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter such as `info` or `herald_server=debug,info`. `RUST_LOG` wins if set.
     pub level: String,
+    /// One INFO line per notify request (status, device and outcome counts, duration, event id).
+    pub access: bool,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Human, level: "info".into() }
+        LogConfig { format: LogFormat::Human, level: "info".into(), access: true }
     }
 }
 
@@ -718,5 +724,21 @@ mod tests {
         }
         let c = load(MINIMAL, &[("HERALD_SERVER__MAX_CONNECTIONS", "100")]).unwrap();
         assert_eq!(c.server.max_connections, Some(100));
+    }
+
+    #[test]
+    fn observability_keys() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.server.metrics_listen, None, "metrics on the notify port by default");
+        assert!(c.log.access, "the access log is on by default");
+        let c = load(
+            MINIMAL,
+            &[("HERALD_SERVER__METRICS_LISTEN", "127.0.0.1:9100"), ("HERALD_LOG__ACCESS", "false")],
+        )
+        .unwrap();
+        assert_eq!(c.server.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+        assert!(!c.log.access);
+        let e = load(&format!("{MINIMAL}\n[server]\nmetrics_listen = \"nope\""), &[]).unwrap_err();
+        assert!(e.to_string().contains("server.metrics_listen"), "{e}");
     }
 }

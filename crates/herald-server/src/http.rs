@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::access_log::NotifySummary;
 use crate::dispatch::{Dispatcher, NotifyAnswer};
 use crate::metrics::{Metrics, Route};
 
@@ -39,14 +40,24 @@ pub struct AppState {
     pub body_read_timeout: Duration,
     /// Deadline for answering one notify request.
     pub request_deadline: Duration,
+    /// `log.access`: one INFO line per notify request.
+    pub access_log: bool,
+    /// Whether this router serves `/metrics` (false when `server.metrics_listen` serves it).
+    pub serve_metrics: bool,
 }
+
+/// How long `GET /ready` waits for the store: less than a probe's usual timeout (Kubernetes: 1 s
+/// by default), so the probe gets a 503 naming the store rather than no answer at all.
+pub const READY_STORE_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// Builds the router.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route(NOTIFY_PATH, post(notify))
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route("/ready", get(ready));
+    let routes = if state.serve_metrics { routes.route("/metrics", get(metrics)) } else { routes };
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
@@ -125,7 +136,21 @@ fn parse_error_response(e: &ParseError) -> Response {
 }
 
 async fn notify(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let body = match read_body(&state, request).await {
+    let mut summary = None;
+    let mut response = answer_notify(&state, request, &mut summary).await;
+    // For the access log, written by `count_requests` once the status and duration are known.
+    if let Some(summary) = summary {
+        response.extensions_mut().insert(summary);
+    }
+    response
+}
+
+async fn answer_notify(
+    state: &AppState,
+    request: Request,
+    summary: &mut Option<NotifySummary>,
+) -> Response {
+    let body = match read_body(state, request).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -139,6 +164,12 @@ async fn notify(State(state): State<Arc<AppState>>, request: Request) -> Respons
     // The parsed request holds what is needed; the raw body (up to `body_limit`) need not live
     // for the whole delivery: under a burst of big requests that is most of the memory.
     drop(body);
+    let tally = Arc::new(crate::access_log::Tally::default());
+    *summary = Some(NotifySummary::new(
+        notification.event_id.as_deref(),
+        notification.devices.len(),
+        Some(tally.clone()),
+    ));
     if notification.devices.is_empty() {
         return rejected_response(&[]);
     }
@@ -152,10 +183,9 @@ async fn notify(State(state): State<Arc<AppState>>, request: Request) -> Respons
     // A task of its own, so a homeserver that hangs up mid-delivery cannot cancel it halfway
     // between "sent upstream" and "recorded": the retry it will send must find the record.
     // Tracked, so that shutdown waits for it before closing the store.
-    let task = state
-        .dispatcher
-        .tasks()
-        .spawn(async move { dispatcher.notify(&notification, deadline).await }.instrument(span));
+    let dispatch = async move { dispatcher.notify(&notification, deadline).await };
+    let task =
+        state.dispatcher.tasks().spawn(crate::access_log::scope(tally, dispatch).instrument(span));
     match task.await {
         Ok(NotifyAnswer::Rejected(rejected)) => rejected_response(&rejected),
         Ok(NotifyAnswer::Failed(failure)) => error_response(
@@ -179,8 +209,49 @@ async fn health() -> Response {
     json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
 }
 
+/// Readiness: 200 when the store answers within [`READY_STORE_TIMEOUT`]. Every app is built by
+/// then: the server does not start when one cannot be (exit 2), so a serving server has them all.
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let apps = state.dispatcher.apps().count();
+    let pinged = tokio::time::timeout(READY_STORE_TIMEOUT, state.dispatcher.store().ping()).await;
+    // The body names what is not ready but not why in detail (an error can carry a file path, and
+    // the notify port may be public): the WARN line has the whole story.
+    let store = match pinged {
+        Ok(Ok(())) => "ok",
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: the dedup store does not answer");
+            "error"
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout = ?READY_STORE_TIMEOUT,
+                "not ready: the dedup store did not answer in time"
+            );
+            "timeout"
+        }
+    };
+    let (status, body) = if store == "ok" {
+        (StatusCode::OK, serde_json::json!({"status": "ready", "store": store, "apps": apps}))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({
+                "status": "not_ready",
+                "not_ready": ["store"],
+                "store": store,
+                "apps": apps,
+            }),
+        )
+    };
+    json_response(status, body.to_string().into_bytes())
+}
+
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut response = state.metrics.render().into_response();
+    render_metrics(&state.metrics)
+}
+
+fn render_metrics(metrics: &Metrics) -> Response {
+    let mut response = metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -202,6 +273,7 @@ fn route_of(path: &str) -> Route {
         NOTIFY_PATH => Route::Notify,
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
+        "/ready" => Route::Ready,
         _ => Route::Other,
     }
 }
@@ -224,7 +296,42 @@ async fn count_requests(
         state.metrics.in_flight.inc();
         InFlight(&state.metrics)
     });
+    let started = Instant::now();
     let response = next.run(request).await;
-    state.metrics.count_request(route, response.status().as_u16());
+    let status = response.status().as_u16();
+    state.metrics.count_request(route, status);
+    if route == Route::Notify {
+        let elapsed = started.elapsed();
+        state.metrics.observe_notify(status, elapsed.as_secs_f64());
+        if state.access_log {
+            crate::access_log::log(status, elapsed, response.extensions().get::<NotifySummary>());
+        }
+    }
+    response
+}
+
+/// The router of `server.metrics_listen`: `/metrics` only, everything else 404 (the notify
+/// port keeps `/health` and `/ready`, which should check the port that carries the traffic).
+pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_only))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(metrics.clone(), count_metrics_requests))
+        .with_state(metrics)
+}
+
+async fn metrics_only(State(metrics): State<Arc<Metrics>>) -> Response {
+    render_metrics(&metrics)
+}
+
+async fn count_metrics_requests(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = if request.uri().path() == "/metrics" { Route::Metrics } else { Route::Other };
+    let response = next.run(request).await;
+    metrics.count_request(route, response.status().as_u16());
     response
 }

@@ -8,6 +8,7 @@
 //! memory to the system after bursts. [`import_sygnal`] and [`send_test`] are the operator
 //! commands `herald import-sygnal` and `herald send-test`.
 
+pub mod access_log;
 pub mod claims;
 pub mod config;
 pub mod connections;
@@ -17,6 +18,7 @@ pub mod http;
 pub mod import_sygnal;
 pub mod memory;
 pub mod metrics;
+pub mod metrics_listener;
 pub mod protocol_errors;
 pub mod registry;
 pub mod send_test;

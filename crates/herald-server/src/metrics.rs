@@ -4,11 +4,12 @@
 //! one process. Per-app counters are resolved once at start-up into [`AppMetrics`], keeping label
 //! hashing and allocation off the request path.
 
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,12 @@ type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 fn latency_histogram() -> Histogram {
     // 0.5 ms … ~16 s
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// End-to-end notify latency: 1 ms … ~33 s, past the longest `server.request_deadline` (55 s
+/// lands in +Inf, which is what a deadline answer is anyway).
+fn notify_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
 /// HTTP statuses the server answers with; anything else is counted as `other`.
@@ -38,6 +45,8 @@ pub enum Route {
     Health,
     /// `/metrics`.
     Metrics,
+    /// `/ready`.
+    Ready,
     /// Any other path (answered 404 or 405).
     Other,
     /// A request hyper could not parse, answered before routing (400, 414, 431).
@@ -51,6 +60,7 @@ impl Route {
             Route::Notify => "notify",
             Route::Health => "health",
             Route::Metrics => "metrics",
+            Route::Ready => "ready",
             Route::Other => "other",
             Route::Malformed => "malformed",
         }
@@ -73,6 +83,12 @@ pub struct Metrics {
     /// The notify route's counters, resolved once: it is the only busy route.
     notify_by_status: Vec<Counter>,
     notify_other: Counter,
+    /// `herald_notify_duration_seconds{status}`, resolved like `notify_by_status`.
+    notify_seconds: Vec<Histogram>,
+    notify_seconds_other: Histogram,
+    /// `process_*` metrics: their own registry, because the standard names have no `herald_`
+    /// prefix (generic dashboards and alerts look for `process_resident_memory_bytes`).
+    process: Registry,
     notifications: Family<Labels, Counter>,
     upstream_seconds: HistogramFamily,
     retries: Family<Labels, Counter>,
@@ -132,10 +148,12 @@ impl AppMetrics {
         counter.inc();
     }
 
-    /// Counts one device outcome (a name from [`OUTCOMES`]).
+    /// Counts one device outcome (a name from [`OUTCOMES`]), also into the current request's
+    /// access-log tally.
     pub fn count(&self, outcome: &'static str) {
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
             self.outcomes[i].inc();
+            crate::access_log::count(i);
         }
     }
 }
@@ -170,6 +188,22 @@ impl Metrics {
         };
         let notify_by_status = STATUSES.iter().map(|s| notify(s.to_string())).collect();
         let notify_other = notify("other".into());
+        let notify_seconds_family: HistogramFamily = Family::new_with_constructor(notify_histogram);
+        registry.register(
+            "notify_duration_seconds",
+            "Time to answer a notify request, from its head to the answer, by HTTP status",
+            notify_seconds_family.clone(),
+        );
+        let notify_seconds_of =
+            |status: String| notify_seconds_family.get_or_create(&vec![("status", status)]).clone();
+        let notify_seconds = STATUSES.iter().map(|s| notify_seconds_of(s.to_string())).collect();
+        let notify_seconds_other = notify_seconds_of("other".into());
+        // `herald_build_info{version} 1`: which version runs where, and when it changed.
+        registry.register(
+            "build",
+            "The running Herald's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
         let notifications = Family::default();
         registry.register(
             "notifications",
@@ -199,11 +233,21 @@ impl Metrics {
         let in_flight = Gauge::default();
         registry.register("in_flight_requests", "Notify requests in progress", in_flight.clone());
         let connections = ConnectionMetrics::register(&mut registry);
+        let mut process = Registry::default();
+        if let Err(e) =
+            kubert_prometheus_process::register(process.sub_registry_with_prefix("process"))
+        {
+            // Only the process_* series are missing (e.g. no /proc); everything else works.
+            tracing::warn!(error = %e, "process metrics are not available");
+        }
         Metrics {
             registry: Arc::new(Mutex::new(registry)),
             requests,
             notify_by_status,
             notify_other,
+            notify_seconds,
+            notify_seconds_other,
+            process,
             notifications,
             upstream_seconds,
             retries,
@@ -243,6 +287,14 @@ impl Metrics {
         StoreMetrics { lookup, record }
     }
 
+    /// Times one answered notify request in `herald_notify_duration_seconds{status}`.
+    pub fn observe_notify(&self, status: u16, seconds: f64) {
+        match STATUSES.iter().position(|s| *s == status) {
+            Some(i) => self.notify_seconds[i].observe(seconds),
+            None => self.notify_seconds_other.observe(seconds),
+        }
+    }
+
     /// Counts one answered HTTP request.
     pub fn count_request(&self, route: Route, status: u16) {
         if route == Route::Notify {
@@ -273,7 +325,11 @@ impl Metrics {
         let mut out = String::with_capacity(8192);
         // Writing to a String cannot fail.
         let registry = lock(&self.registry);
-        let _ = encode(&mut out, &registry);
+        let _ = encode_registry(&mut out, &registry);
+        // The process collector reads /proc: not while backends may wait for the registry.
+        drop(registry);
+        let _ = encode_registry(&mut out, &self.process);
+        let _ = encode_eof(&mut out);
         out
     }
 }
@@ -347,5 +403,33 @@ mod tests {
         }
         // Quiet routes have no series until they are used.
         assert!(!text.contains(r#"route="health""#), "{text}");
+        assert!(text.ends_with("# EOF\n"), "one EOF, at the end: {text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn notify_latency_build_info_and_process_metrics() {
+        let m = Metrics::new();
+        m.observe_notify(200, 0.003);
+        m.observe_notify(418, 0.5);
+        let text = m.render();
+        for line in [
+            r#"herald_notify_duration_seconds_count{status="200"} 1"#,
+            r#"herald_notify_duration_seconds_count{status="other"} 1"#,
+            r#"herald_notify_duration_seconds_count{status="503"} 0"#,
+            &format!(r#"herald_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION")),
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        #[cfg(target_os = "linux")]
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing from\n{text}");
+        }
     }
 }

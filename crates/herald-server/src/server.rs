@@ -94,6 +94,8 @@ pub struct Server {
     config: ServerConfig,
     pruner: JoinHandle<()>,
     connections: Connections,
+    /// `server.metrics_listen`, bound; served from `run`.
+    metrics_listener: Option<TcpListener>,
 }
 
 /// How long backends get to close their upstream connections on shutdown.
@@ -229,10 +231,20 @@ impl Server {
             body_limit: config.server.body_limit,
             body_read_timeout: config.server.body_read_timeout,
             request_deadline: config.server.request_deadline,
+            access_log: config.log.access,
+            serve_metrics: config.server.metrics_listen.is_none(),
         });
         let listener = TcpListener::bind(config.server.listen)
             .await
             .map_err(|source| StartError::Listen { addr: config.server.listen, source })?;
+        let metrics_listener = match config.server.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
         let pruner = tokio::spawn(prune_periodically(store, config.store.prune_interval));
         Ok(Server {
             listener,
@@ -241,7 +253,13 @@ impl Server {
             config: config.server.clone(),
             pruner,
             connections,
+            metrics_listener,
         })
+    }
+
+    /// The bound `server.metrics_listen` address, if one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The bound address (useful with port 0).
@@ -269,6 +287,17 @@ impl Server {
         let mut refusals = crate::connections::WarnEvery::second();
         tracing::info!(listen = %self.local_addr(), "herald is serving");
         let trimmer = crate::memory::spawn_trimmer(self.state.metrics.clone());
+        // Serves through the drain (the in-flight gauge falling is worth a scrape), stops at the end.
+        let metrics_server = self.metrics_listener.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(metrics_listen = %addr, "serving /metrics on its own address");
+            }
+            crate::metrics_listener::spawn(
+                listener,
+                self.state.metrics.clone(),
+                self.config.header_read_timeout,
+            )
+        });
         // Warm-up needs the network, which start-up must not: it runs beside serving, and a
         // failure is only logged (the first delivery tries again).
         for app in self.state.dispatcher.apps() {
@@ -399,6 +428,9 @@ impl Server {
             tracing::warn!("backends did not close within {CLOSE_BACKENDS:?}");
         }
         store.close().await;
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
+        }
         tracing::info!("stopped");
         match failure.get() {
             Some(why) => Err(RunError(why.clone())),

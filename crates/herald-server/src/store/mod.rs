@@ -120,6 +120,12 @@ pub trait DedupStore: Send + Sync + 'static {
     async fn failed(&self) -> String {
         std::future::pending().await
     }
+    /// Whether the store answers right now (`GET /ready`): by default, one lookup of a key no
+    /// delivery has (the empty triple: requests without an event_id are never recorded), through
+    /// the same path notifications take. The caller bounds it with a timeout.
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.was_delivered(&DedupKey::new("", "", "")).await.map(drop)
+    }
 }
 
 /// Why a background task ended, for the error that stops the server: every end is unexpected.

@@ -117,6 +117,11 @@ impl<S: DedupStore> DedupStore for RecentCache<S> {
     async fn failed(&self) -> String {
         self.inner.failed().await
     }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        // The store's own check: the cache answering proves nothing about the store.
+        self.inner.ping().await
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod config_checks;
 // The shipped configurations contain a WebPush app.
 #[cfg(feature = "webpush")]
 mod configs;
+mod dashboard;
 mod dispatch;
 mod edge;
 #[cfg(feature = "email")]
