@@ -14,6 +14,10 @@ mod leniency;
 mod lifecycle;
 mod limits;
 mod observability;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod store;
+#[cfg(feature = "postgres")]
+mod store_contract;
 #[cfg(feature = "webpush")]
 mod webpush;
