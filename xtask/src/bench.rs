@@ -28,7 +28,8 @@ use procs::{Proc, RssSampler, Usage};
 use wrk::{Body, Load, Measured};
 
 const USAGE: &str = "usage: cargo xtask bench [--quick] [--duration SECS] [--warmup SECS] \
-                     [--rows N] [--connections N] [--only NAME,..] [--no-build] [--perf]
+                     [--rows N] [--connections N] [--only NAME,..] [--store sqlite|postgres] \
+                     [--no-build] [--perf]
 
   --quick          every scenario for 2 s (warm-up 1 s), 200k pre-filled rows: for CI
   --duration SECS  measured time per scenario (default 10)
@@ -38,6 +39,10 @@ const USAGE: &str = "usage: cargo xtask bench [--quick] [--duration SECS] [--war
   --only NAMES     run only these of: unique, duplicates, badge_only, unique_filled, fcm,
                    email, apns
                    (the ceiling always runs: every figure is a ratio to it)
+  --store postgres also run unique and duplicates on a PostgreSQL store (a throwaway cluster,
+                   fsync on, synchronous_commit off like SQLite's NORMAL), with one instance and
+                   with two instances on the same database (load split between them), beside
+                   the same scenarios on SQLite for comparison
   --no-build       use the release binaries already built
   --perf           record a CPU profile of herald in every herald scenario that runs, with
                    `perf` (target/bench/perf-<scenario>.*); perf's own load lowers the figures";
@@ -105,6 +110,25 @@ pub(crate) struct Options {
     only: Option<Vec<Kind>>,
     build: bool,
     pub(crate) perf: bool,
+    pub(crate) store: StoreChoice,
+}
+
+/// Which dedup stores the run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreChoice {
+    /// The default: SQLite only.
+    Sqlite,
+    /// SQLite and PostgreSQL (one and two instances) for unique and duplicates.
+    Postgres,
+}
+
+/// How one herald scenario is set up.
+#[derive(Debug, Clone)]
+struct Setup {
+    /// `None`: SQLite in the scenario's data directory.
+    store_url: Option<String>,
+    /// Herald processes sharing the store; the load is split between them.
+    instances: usize,
 }
 
 fn parse_options(args: &[String]) -> Result<Options, String> {
@@ -117,6 +141,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         only: None,
         build: true,
         perf: false,
+        store: StoreChoice::Sqlite,
     };
     let (mut duration, mut warmup, mut rows) = (None, None, None);
     let mut args = args.iter();
@@ -134,6 +159,13 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             "--connections" => o.connections = number("--connections")?.clamp(2, 10_000) as u32,
             "--no-build" => o.build = false,
             "--perf" => o.perf = true,
+            "--store" => {
+                o.store = match args.next().map(String::as_str) {
+                    Some("sqlite") => StoreChoice::Sqlite,
+                    Some("postgres") => StoreChoice::Postgres,
+                    _ => return Err(format!("--store needs sqlite or postgres\n{USAGE}")),
+                }
+            }
             "--only" => {
                 let list = args.next().ok_or_else(|| format!("--only needs names\n{USAGE}"))?;
                 let kinds = list
@@ -174,6 +206,28 @@ struct Bench {
     script: PathBuf,
     upstream: Upstream,
     ticks: f64,
+    /// The throwaway PostgreSQL cluster (`--store postgres`).
+    postgres: Option<Postgres>,
+}
+
+/// The cluster `bench_postgres` runs, and the databases it made for the scenarios.
+struct Postgres {
+    proc: Proc,
+    /// The URL of database `herald`; scenarios use `bench0` … `bench15` next to it.
+    url: String,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Postgres {
+    /// A fresh database's URL: every scenario starts from empty tables.
+    fn database(&self) -> Result<String, String> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n >= 16 {
+            return Err("bench_postgres made 16 databases; more scenarios than that".into());
+        }
+        let base = self.url.rsplit_once('/').map_or(self.url.as_str(), |(b, _)| b);
+        Ok(format!("{base}/bench{n}"))
+    }
 }
 
 /// The running fake push service.
@@ -198,6 +252,8 @@ impl Upstream {
 #[derive(Debug, Clone)]
 pub(crate) struct Outcome {
     pub(crate) kind: Kind,
+    /// `sqlite`, `postgres` or `postgres x2` (two instances); empty for the ceiling.
+    pub(crate) store: String,
     pub(crate) label: String,
     pub(crate) measured: Measured,
     /// Largest resident set sampled during the measured run, bytes.
@@ -302,6 +358,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             "bench_fcm",
             "--example",
             "bench_apns",
+            "--example",
+            "bench_postgres",
             "-p",
             "herald-email",
             "--example",
@@ -324,6 +382,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let script = wrk::write_script(&run_dir)?;
 
     let upstream = start_upstream(&examples, &pid_file)?;
+    let postgres = match options.store {
+        StoreChoice::Sqlite => None,
+        StoreChoice::Postgres => Some(start_postgres(&examples, &pid_file)?),
+    };
     let bench = Bench {
         options,
         run_dir,
@@ -335,6 +397,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         script,
         upstream,
         ticks: procs::clock_ticks(),
+        postgres,
     };
     eprintln!(
         "bench: {} connections, {:?} per scenario after {:?} of warm-up; fake push service on {}",
@@ -345,15 +408,30 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     );
     let started = Instant::now();
     let mut outcomes = Vec::new();
+    let sqlite = Setup { store_url: None, instances: 1 };
+    let mut runs: Vec<(Kind, Setup)> = Vec::new();
     for kind in Kind::ALL {
         let wanted = bench.options.only.as_ref().is_none_or(|only| only.contains(&kind));
         if kind != Kind::Ceiling && !wanted {
             continue;
         }
-        eprintln!("bench: scenario {} …", kind.name());
+        match (&bench.postgres, kind) {
+            (Some(pg), Kind::Unique | Kind::Duplicates) => {
+                runs.push((kind, sqlite.clone()));
+                for instances in [1, 2] {
+                    runs.push((kind, Setup { store_url: Some(pg.database()?), instances }));
+                }
+            }
+            // The other scenarios are SQLite's (the large table is pre-filled in SQLite).
+            (Some(_), _) if kind != Kind::Ceiling => {}
+            _ => runs.push((kind, sqlite.clone())),
+        }
+    }
+    for (kind, setup) in runs {
+        eprintln!("bench: scenario {} ({}) …", kind.name(), store_label(&setup));
         let outcome = match kind {
             Kind::Ceiling => ceiling(&bench)?,
-            _ => herald_scenario(&bench, kind)?,
+            _ => herald_scenario(&bench, kind, &setup)?,
         };
         eprintln!(
             "bench:   {:.0} req/s, p99 {:.1} ms, {} errors{}",
@@ -370,6 +448,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
     let elapsed = started.elapsed();
     bench.upstream.proc.stop(Duration::from_secs(2));
+    if let Some(pg) = bench.postgres {
+        // SIGTERM: it stops the cluster and deletes it.
+        pg.proc.stop(Duration::from_secs(30));
+    }
 
     let report = report::Report::new(&bench.options, outcomes, elapsed);
     println!("{}", report.table());
@@ -403,6 +485,26 @@ fn start_upstream(examples: &Path, pid_file: &Path) -> Result<Upstream, String> 
     let addr = text("addr")?.parse().map_err(|e| format!("bench_upstream address: {e}"))?;
     let endpoint = format!("http://{addr}/push/bench");
     Ok(Upstream { addr, p256dh: text("p256dh")?, auth: text("auth")?, endpoint, proc })
+}
+
+fn start_postgres(examples: &Path, pid_file: &Path) -> Result<Postgres, String> {
+    let mut command = Command::new(examples.join("bench_postgres"));
+    command.args(["--databases", "16", "--max-seconds", "7200"]).stdout(Stdio::piped());
+    let mut proc = Proc::spawn("bench_postgres", &mut command, Some(pid_file))?;
+    let line = proc.first_line(Duration::from_secs(120))?;
+    let hello: Value =
+        serde_json::from_str(&line).map_err(|e| format!("bench_postgres said {line:?}: {e}"))?;
+    let url = hello["url"].as_str().ok_or_else(|| format!("bench_postgres said {line:?}"))?;
+    eprintln!("bench: PostgreSQL {} on port {}", hello["version"], hello["port"]);
+    Ok(Postgres { url: url.to_owned(), proc, next: std::sync::atomic::AtomicUsize::new(0) })
+}
+
+fn store_label(setup: &Setup) -> String {
+    match (&setup.store_url, setup.instances) {
+        (None, _) => "sqlite".into(),
+        (Some(_), 1) => "postgres".into(),
+        (Some(_), n) => format!("postgres x{n}"),
+    }
 }
 
 impl Bench {
@@ -442,11 +544,12 @@ fn ceiling(bench: &Bench) -> Result<Outcome, String> {
     }
     let load = bench.load(addr, Body::Unique, "c", bench.options.duration);
     let upstream_pid = bench.upstream.proc.pid();
-    let m = measure(bench, proc.pid(), upstream_pid, &load, "ceiling.wrk.txt", None, None)?;
+    let m = measure(bench, &[proc.pid()], upstream_pid, &[load], "ceiling.wrk.txt", None, None)?;
     let rss_hwm = procs::status_kb(proc.pid(), "VmHWM").unwrap_or(0);
     proc.stop(Duration::from_secs(2));
     Ok(Outcome {
         kind: Kind::Ceiling,
+        store: String::new(),
         label: "ceiling (bare hyper)".into(),
         measured: m.measured,
         rss_peak: m.rss_peak,
@@ -465,30 +568,50 @@ fn ceiling(bench: &Bench) -> Result<Outcome, String> {
     })
 }
 
-/// Runs wrk against `pid`'s server while sampling its memory, CPU and bytes written (and the
-/// upstream's CPU), and the size of the file `wal` if given; with `profile`, `perf` records the
-/// server meanwhile into `target/bench/perf-<profile>.*`.
+/// Runs wrk against the servers of `pids` (one load each, at once) while sampling the first's
+/// memory, all of their CPU and bytes written (and the upstream's CPU), and the size of the file
+/// `wal` if given; with `profile`, `perf` records the first server meanwhile into
+/// `target/bench/perf-<profile>.*`.
 fn measure(
     bench: &Bench,
-    pid: u32,
+    pids: &[u32],
     upstream_pid: u32,
-    load: &Load<'_>,
+    loads: &[Load<'_>],
     log: &str,
     profile: Option<&str>,
     wal: Option<PathBuf>,
 ) -> Result<Measurement, String> {
-    let sampler = RssSampler::new(pid, wal);
-    let before = Usage::of(pid, bench.ticks);
+    let usage_of = |pids: &[u32]| {
+        pids.iter().map(|pid| Usage::of(*pid, bench.ticks)).fold(Usage::default(), |a, u| Usage {
+            user: a.user + u.user,
+            system: a.system + u.system,
+            context_switches: a.context_switches + u.context_switches,
+            write_bytes: a.write_bytes + u.write_bytes,
+        })
+    };
+    let sampler = RssSampler::new(pids[0], wal);
+    let before = usage_of(pids);
     let upstream_before = Usage::of(upstream_pid, bench.ticks);
     let load_before = procs::waited_children_cpu(bench.ticks);
     let (machine_before, _) = procs::machine_cpu(bench.ticks);
     let wall = Instant::now();
     std::thread::scope(|scope| {
         let sampling = scope.spawn(|| sampler.run());
-        let profiler = profile.and_then(|name| start_perf(bench, pid, load.duration, name));
-        let result = bench.wrk(load, log);
+        let profiler = profile.and_then(|name| start_perf(bench, pids[0], loads[0].duration, name));
+        let runs: Vec<_> = loads
+            .iter()
+            .enumerate()
+            .map(|(i, load)| {
+                let log = if i == 0 { log.to_owned() } else { format!("{log}.{i}") };
+                scope.spawn(move || bench.wrk(load, &log))
+            })
+            .collect();
+        let results: Vec<Result<Measured, String>> = runs
+            .into_iter()
+            .map(|r| r.join().unwrap_or_else(|_| Err("a wrk thread panicked".into())))
+            .collect();
         let seconds = wall.elapsed().as_secs_f64();
-        let usage = Usage::of(pid, bench.ticks).since(before);
+        let usage = usage_of(pids).since(before);
         let upstream_usage = Usage::of(upstream_pid, bench.ticks).since(upstream_before);
         let load_cpu = procs::waited_children_cpu(bench.ticks) - load_before;
         let machine = procs::machine_cpu(bench.ticks).0 - machine_before;
@@ -499,7 +622,8 @@ fn measure(
         let peaks = sampling.join().unwrap_or_default();
         let ours = usage.user + usage.system + upstream_usage.user + upstream_usage.system;
         let other_cpu = (machine - ours - load_cpu).max(0.0);
-        result.map(|measured| Measurement {
+        let measured = merge(results)?;
+        Ok(Measurement {
             measured,
             rss_peak: peaks.rss,
             wal_peak: peaks.file,
@@ -512,41 +636,100 @@ fn measure(
     })
 }
 
-fn herald_scenario(bench: &Bench, kind: Kind) -> Result<Outcome, String> {
-    let options = &bench.options;
-    let dir = bench.run_dir.join(kind.name());
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
-
-    let mut fill = None;
-    if kind == Kind::UniqueFilled {
-        fill = Some(prefill(bench, &data.join("herald.db"))?);
+/// Several wrk runs at once as one: requests and errors add up, latencies are the worst.
+fn merge(results: Vec<Result<Measured, String>>) -> Result<Measured, String> {
+    let mut all = Measured::default();
+    for m in results {
+        let m = m?;
+        all.requests += m.requests;
+        all.seconds = all.seconds.max(m.seconds);
+        all.errors_connect += m.errors_connect;
+        all.errors_read += m.errors_read;
+        all.errors_write += m.errors_write;
+        all.errors_timeout += m.errors_timeout;
+        all.errors_status += m.errors_status;
+        all.p50_ms = all.p50_ms.max(m.p50_ms);
+        all.p90_ms = all.p90_ms.max(m.p90_ms);
+        all.p99_ms = all.p99_ms.max(m.p99_ms);
+        all.max_ms = all.max_ms.max(m.max_ms);
     }
+    Ok(all)
+}
 
-    let port = procs::free_port()?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+fn herald_scenario(bench: &Bench, kind: Kind, setup: &Setup) -> Result<Outcome, String> {
+    let options = &bench.options;
+    let store = store_label(setup);
+    let name = format!("{}-{}", kind.name(), store.replace(' ', ""));
+    let dir = bench.run_dir.join(&name);
+    let mut fill = None;
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let upstream = ScenarioUpstream::start(bench, kind, &dir)?;
     let pushes = || upstream.pushes();
-    let upstream_pid = upstream.pid();
-    let config = dir.join("herald.toml");
-    let text = upstream.config(bench, &data, &dir, addr);
-    std::fs::write(&config, text).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
-    let log_path = dir.join("herald.log");
-    let log = std::fs::File::create(&log_path)
-        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-    let mut command = Command::new(&bench.herald);
-    command.arg("serve").arg("--config").arg(&config).stdout(Stdio::null()).stderr(log);
-    let mut herald = Proc::spawn("herald", &mut command, Some(&bench.pid_file))?;
-    if let Err(e) = procs::wait_ready(&mut herald, addr, "/health", Duration::from_secs(30)) {
-        return Err(format!("{e}\n{}", tail(&log_path)));
+    let mut heralds = Vec::new();
+    let mut addrs = Vec::new();
+    let mut logs = Vec::new();
+    for i in 0..setup.instances {
+        let data = dir.join(format!("data{i}"));
+        std::fs::create_dir_all(&data)
+            .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+        if kind == Kind::UniqueFilled {
+            fill = Some(prefill(bench, &data.join("herald.db"))?);
+        }
+        let port = procs::free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let config = dir.join(format!("herald{i}.toml"));
+        let text = upstream.config(bench, &data, &dir, addr, setup);
+        std::fs::write(&config, text)
+            .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+        let log_path = dir.join(format!("herald{i}.log"));
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+        let mut command = Command::new(&bench.herald);
+        command.arg("serve").arg("--config").arg(&config).stdout(Stdio::null()).stderr(log);
+        let mut herald = Proc::spawn("herald", &mut command, Some(&bench.pid_file))?;
+        if let Err(e) = procs::wait_ready(&mut herald, addr, "/health", Duration::from_secs(30)) {
+            return Err(format!("{e}\n{}", tail(&log_path)));
+        }
+        heralds.push(herald);
+        addrs.push(addr);
+        logs.push(log_path);
     }
 
-    let tag = format!("{}{}", kind.name(), std::process::id());
+    let tag = format!("{}{}{}", kind.name(), setup.instances, std::process::id());
     let body = match kind {
         Kind::Duplicates => Body::Cycle(DUPLICATE_SET),
         Kind::BadgeOnly => Body::Badge,
         _ => Body::Unique,
     };
+    // Each instance gets its share of the connections; unique events are unique per instance
+    // too, duplicates cycle over the same set everywhere (so retries land on other instances).
+    let tags: Vec<String> = (0..setup.instances)
+        .map(|i| if kind == Kind::Duplicates { tag.clone() } else { format!("{tag}i{i}") })
+        .collect();
+    fn split<'a>(
+        bench: &'a Bench,
+        addrs: &[SocketAddr],
+        body: Body,
+        tags: &'a [String],
+        d: Duration,
+        pushkey: Option<&'static str>,
+    ) -> Vec<Load<'a>> {
+        let n = addrs.len() as u32;
+        let options = &bench.options;
+        addrs
+            .iter()
+            .zip(tags)
+            .map(|(addr, tag)| {
+                let mut load = bench.load(*addr, body, tag, d);
+                load.connections = (options.connections / n).max(1);
+                load.threads = (2 / n).max(1);
+                if let Some(pushkey) = pushkey {
+                    load.pushkey = pushkey;
+                }
+                load
+            })
+            .collect()
+    }
     let mut problems = Vec::new();
     // Warm-up: connection pools, allocator, page cache. For duplicates it also delivers the set
     // of events once, so that every measured request is a dedup hit.
@@ -556,14 +739,16 @@ fn herald_scenario(bench: &Bench, kind: Kind) -> Result<Outcome, String> {
     };
     if !warmup.is_zero() {
         let pushes_before = pushes()?;
-        let warm_tag = format!("{tag}w");
         // Duplicates prime the very events the measured run repeats.
-        let warm_tag = if kind == Kind::Duplicates { &tag } else { &warm_tag };
-        let mut load = bench.load(addr, body, warm_tag, warmup);
-        if let Some(pushkey) = upstream.pushkey() {
-            load.pushkey = pushkey;
-        }
-        let warm = bench.wrk(&load, &format!("{}.warmup.txt", kind.name()))?;
+        let warm_tags: Vec<String> = tags
+            .iter()
+            .map(|t| if kind == Kind::Duplicates { t.clone() } else { format!("{t}w") })
+            .collect();
+        let warm_loads = split(bench, &addrs, body, &warm_tags, warmup, upstream.pushkey());
+        let pids: Vec<u32> = heralds.iter().map(Proc::pid).collect();
+        let warm_log = format!("{name}.warmup.txt");
+        let warm = measure(bench, &pids, upstream.pid(), &warm_loads, &warm_log, None, None)?;
+        let warm = warm.measured;
         if kind == Kind::Duplicates {
             let delivered = pushes()? - pushes_before;
             if warm.requests < u64::from(DUPLICATE_SET) || delivered != u64::from(DUPLICATE_SET) {
@@ -577,22 +762,20 @@ fn herald_scenario(bench: &Bench, kind: Kind) -> Result<Outcome, String> {
     }
 
     // Requests wrk left in flight finish first, so that the counters below are the run's alone.
-    wait_idle(addr);
-    let metrics_before = herald_outcomes(addr);
+    addrs.iter().for_each(|a| wait_idle(*a));
+    let metrics_before = outcomes_of(&addrs);
     let pushes_before = pushes()?;
-    let mut load = bench.load(addr, body, &tag, options.duration);
-    if let Some(pushkey) = upstream.pushkey() {
-        load.pushkey = pushkey;
-    }
-    let profile = options.perf.then_some(kind.name());
-    let wal = data.join("herald.db-wal");
-    let log_name = format!("{}.wrk.txt", kind.name());
-    let m = measure(bench, herald.pid(), upstream_pid, &load, &log_name, profile, Some(wal))?;
+    let run_loads = split(bench, &addrs, body, &tags, options.duration, upstream.pushkey());
+    let profile = options.perf.then_some(name.as_str());
+    let wal = setup.store_url.is_none().then(|| dir.join("data0").join("herald.db-wal"));
+    let pids: Vec<u32> = heralds.iter().map(Proc::pid).collect();
+    let run_log = format!("{name}.wrk.txt");
+    let m = measure(bench, &pids, upstream.pid(), &run_loads, &run_log, profile, wal)?;
     let measured = m.measured;
-    wait_idle(addr);
+    addrs.iter().for_each(|a| wait_idle(*a));
     let upstream_pushes = pushes()? - pushes_before;
-    let metrics_after = herald_outcomes(addr);
-    let rss_hwm = procs::status_kb(herald.pid(), "VmHWM").unwrap_or(0);
+    let metrics_after = outcomes_of(&addrs);
+    let rss_hwm = procs::status_kb(pids[0], "VmHWM").unwrap_or(0);
 
     let mut herald_outcomes = BTreeMap::new();
     match (metrics_before, metrics_after) {
@@ -607,17 +790,21 @@ fn herald_scenario(bench: &Bench, kind: Kind) -> Result<Outcome, String> {
         }
         _ => eprintln!("bench:   herald_notifications_total not found in /metrics; check skipped"),
     }
-    if !herald.is_running() {
-        problems.push(format!("herald exited during the run\n{}", tail(&log_path)));
+    for (herald, log_path) in heralds.iter_mut().zip(&logs) {
+        if !herald.is_running() {
+            problems.push(format!("herald exited during the run\n{}", tail(log_path)));
+        }
     }
-    herald.stop(Duration::from_secs(10));
+    for herald in heralds {
+        herald.stop(Duration::from_secs(10));
+    }
     if let Err(problem) = upstream.check() {
         problems.push(problem);
     }
     upstream.stop();
     if kind == Kind::UniqueFilled {
         // Hundreds of megabytes nobody will look at; the logs stay.
-        let _ = std::fs::remove_dir_all(&data);
+        let _ = std::fs::remove_dir_all(dir.join("data0"));
     }
     let label = match kind {
         Kind::Unique => "unique events".to_owned(),
@@ -628,8 +815,10 @@ fn herald_scenario(bench: &Bench, kind: Kind) -> Result<Outcome, String> {
         Kind::Apns => "APNs unique events".to_owned(),
         _ => format!("unique, {} rows", report::rows_label(options.rows)),
     };
+    let label = if bench.postgres.is_some() { format!("{label}, {store}") } else { label };
     Ok(Outcome {
         kind,
+        store,
         label,
         measured,
         rss_peak: m.rss_peak,
@@ -646,6 +835,17 @@ fn herald_scenario(bench: &Bench, kind: Kind) -> Result<Outcome, String> {
         fill,
         profiled: options.perf,
     })
+}
+
+/// Device outcomes summed over several instances.
+fn outcomes_of(addrs: &[SocketAddr]) -> Option<BTreeMap<String, u64>> {
+    let mut all = BTreeMap::new();
+    for addr in addrs {
+        for (outcome, n) in herald_outcomes(*addr)? {
+            *all.entry(outcome).or_insert(0) += n;
+        }
+    }
+    Some(all)
 }
 
 /// What the device outcomes and the push service's count must be for each scenario.
@@ -726,14 +926,25 @@ impl<'a> ScenarioUpstream<'a> {
     }
 
     /// Herald's configuration: one app for the benchmark's app_id, delivering here.
-    fn config(&self, bench: &Bench, data: &Path, dir: &Path, addr: SocketAddr) -> String {
-        match self {
+    fn config(
+        &self,
+        bench: &Bench,
+        data: &Path,
+        dir: &Path,
+        addr: SocketAddr,
+        setup: &Setup,
+    ) -> String {
+        let text = match self {
             ScenarioUpstream::Shared(_) => {
-                herald_config(data, &bench.run_dir.join("vapid.pem"), addr)
+                return herald_config(data, &bench.run_dir.join("vapid.pem"), addr, setup)
             }
             ScenarioUpstream::Fcm(fcm) => fcm_config(data, dir, &fcm.endpoint, addr),
             ScenarioUpstream::Email(sink) => email_config(data, sink.smtp, addr),
             ScenarioUpstream::Apns(apns) => apns_config(data, dir, apns, addr),
+        };
+        match &setup.store_url {
+            Some(url) => format!("{text}\n[store]\nurl = '{url}'\n"),
+            None => text,
         }
     }
 
@@ -769,14 +980,18 @@ impl<'a> ScenarioUpstream<'a> {
     }
 }
 
-fn herald_config(data: &Path, vapid: &Path, addr: SocketAddr) -> String {
+fn herald_config(data: &Path, vapid: &Path, addr: SocketAddr, setup: &Setup) -> String {
+    let store = match &setup.store_url {
+        Some(url) => format!("\n[store]\nurl = '{url}'\n"),
+        None => String::new(),
+    };
     format!(
         r#"# Written by `cargo xtask bench`.
 data_dir = '{data}'
 
 [server]
 listen = "{addr}"
-
+{store}
 [log]
 level = "warn"
 

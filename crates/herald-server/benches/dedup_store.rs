@@ -46,7 +46,11 @@ fn keys(prefix: &str, n: usize) -> Vec<DedupKey> {
 
 async fn open(dir: &tempfile::TempDir) -> Arc<SqliteStore> {
     let url = format!("sqlite://{}/herald.db", dir.path().display());
-    let options = SqliteStoreOptions { ttl: Duration::from_secs(24 * 3600), max_batch: 512 };
+    let options = SqliteStoreOptions {
+        ttl: Duration::from_secs(24 * 3600),
+        max_batch: 512,
+        dead_token_ttl: Duration::from_secs(3600),
+    };
     Arc::new(SqliteStore::open(&url, options).await.expect("open the store"))
 }
 

@@ -34,7 +34,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let options = SqliteStoreOptions { ttl: Duration::from_secs(24 * 3600), max_batch: 512 };
+        let options = SqliteStoreOptions {
+            ttl: Duration::from_secs(24 * 3600),
+            max_batch: 512,
+            dead_token_ttl: Duration::from_secs(3600),
+        };
         let store = SqliteStore::open(&format!("sqlite://{db}"), options).await?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
         // A per-run salt: keys from one fill never collide with another's, nor with requests.

@@ -107,7 +107,8 @@ pub fn log(status: u16, elapsed: Duration, summary: Option<&NotifySummary>) {
         delivered = count("delivered"),
         skipped = count("skipped"),
         deduplicated = count("deduplicated"),
-        rejected = count("rejected"),
+        // Dead tokens, whether an upstream said so now or the dead-token cache remembered it.
+        rejected = count("rejected") + count("rejected_cached"),
         failed = tally.map_or(0, Tally::failed),
         duration_ms,
         event_id,

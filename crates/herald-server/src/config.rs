@@ -86,11 +86,12 @@ impl Default for ServerConfig {
     }
 }
 
-/// `[store]`.
-#[derive(Debug, Clone, Deserialize)]
+/// `[store]`. Its `Debug` shows the URL without its password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// Store URL; default `sqlite://<data_dir>/herald.db`.
+    /// Store URL; default `sqlite://<data_dir>/herald.db`; `postgres://…` for a store shared by
+    /// several instances (feature `postgres`).
     pub url: Option<String>,
     /// How long a delivery is remembered. Homeservers give up retrying an event after 24 h.
     #[serde(with = "duration")]
@@ -103,6 +104,23 @@ pub struct StoreConfig {
     /// Recent deliveries remembered in memory, so retries are answered without a store query
     /// (about 60 bytes each; 0 turns the cache off).
     pub recent_cache_entries: usize,
+    /// How long a pushkey an upstream called dead is answered `rejected` without an upstream
+    /// call (shared by every instance on the store); 0 turns the cache off.
+    #[serde(with = "duration")]
+    pub dead_token_ttl: Duration,
+    /// How long a claim on a delivery holds before another instance may take it over; unset:
+    /// `server.request_deadline` + 10 s. Must outlast the longest delivery.
+    #[serde(deserialize_with = "optional_duration")]
+    pub claim_lease: Option<Duration>,
+    /// PostgreSQL: most connections of the pool.
+    pub max_connections: u32,
+    /// PostgreSQL: how long opening a connection (or waiting for a free one) may take.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// PostgreSQL: the longest a statement may run (`statement_timeout`; the client waits a
+    /// second more before it gives up on the connection).
+    #[serde(with = "duration")]
+    pub statement_timeout: Duration,
 }
 
 impl Default for StoreConfig {
@@ -113,8 +131,39 @@ impl Default for StoreConfig {
             prune_interval: Duration::from_secs(600),
             max_batch: 512,
             recent_cache_entries: 4096,
+            dead_token_ttl: Duration::from_secs(3600),
+            claim_lease: None,
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
         }
     }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &self.url.as_deref().map(crate::store::redact_url))
+            .field("ttl", &self.ttl)
+            .field("prune_interval", &self.prune_interval)
+            .field("max_batch", &self.max_batch)
+            .field("recent_cache_entries", &self.recent_cache_entries)
+            .field("dead_token_ttl", &self.dead_token_ttl)
+            .field("claim_lease", &self.claim_lease)
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
+
+/// Margin of the default claim lease over `server.request_deadline`: the record after a delivery
+/// (retried while the store is briefly away) must land before another instance may take over.
+pub const CLAIM_LEASE_MARGIN: Duration = Duration::from_secs(10);
+
+/// A duration that may be absent.
+fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration::deserialize(d).map(Some)
 }
 
 /// `[delivery]`: the one layer every backend is called through.
@@ -274,6 +323,11 @@ impl Config {
         }
     }
 
+    /// The claim lease in force: `store.claim_lease`, or `server.request_deadline` + 10 s.
+    pub fn claim_lease(&self) -> Duration {
+        self.store.claim_lease.unwrap_or(self.server.request_deadline + CLAIM_LEASE_MARGIN)
+    }
+
     /// The store URL, with the default filled in.
     pub fn store_url(&self) -> String {
         match &self.store.url {
@@ -372,6 +426,14 @@ pub mod limits {
     pub const MIN_PRUNE_INTERVAL: Duration = Duration::from_millis(100);
     /// `store.prune_interval`.
     pub const MAX_PRUNE_INTERVAL: Duration = Duration::from_secs(7 * 86_400);
+    /// `store.claim_lease`: at least this much longer than `server.request_deadline`.
+    pub const MIN_LEASE_MARGIN: Duration = Duration::from_secs(1);
+    /// `store.claim_lease`.
+    pub const MAX_CLAIM_LEASE: Duration = Duration::from_secs(3600);
+    /// `store.max_connections`.
+    pub const MAX_STORE_CONNECTIONS: usize = 1000;
+    /// `store.connect_timeout`, `store.statement_timeout`.
+    pub const MAX_STORE_TIMEOUT: Duration = Duration::from_secs(300);
     /// `store.recent_cache_entries`: about 60 bytes each, allocated at start, so about 600 MB.
     pub const MAX_RECENT_CACHE_ENTRIES: usize = 10_000_000;
     /// `delivery.max_attempts`.
@@ -466,13 +528,47 @@ impl Config {
             n,
         )?;
         if let Some(url) = &st.url {
-            if !url.starts_with("sqlite:") {
+            let shown = crate::store::redact_url(url);
+            if crate::store::is_postgres_url(url) {
+                if !cfg!(feature = "postgres") {
+                    return fail(
+                        "store.url",
+                        format!(
+                            "`{shown}`: this build has no PostgreSQL support (built without the \
+                             `postgres` feature); use a sqlite:// URL"
+                        ),
+                    );
+                }
+            } else if !url.starts_with("sqlite:") {
                 return fail(
                     "store.url",
-                    format!("`{url}` is not supported by this build: use a sqlite:// URL"),
+                    format!("`{shown}` is not supported: use sqlite://PATH or postgres://…"),
                 );
             }
         }
+        if !st.dead_token_ttl.is_zero() {
+            range("store.dead_token_ttl", st.dead_token_ttl, Duration::from_secs(1), MAX_TTL, d)?;
+        }
+        if let Some(lease) = st.claim_lease {
+            let min = s.request_deadline + MIN_LEASE_MARGIN;
+            if lease < min {
+                return fail(
+                    "store.claim_lease",
+                    format!(
+                        "({}) must be at least `server.request_deadline` ({}) + {}: a claim must \
+                         outlast the longest delivery, or another instance could deliver it again",
+                        d(&lease),
+                        d(&s.request_deadline),
+                        d(&MIN_LEASE_MARGIN)
+                    ),
+                );
+            }
+            range("store.claim_lease", lease, min, MAX_CLAIM_LEASE, d)?;
+        }
+        range("store.max_connections", st.max_connections as usize, 1, MAX_STORE_CONNECTIONS, n)?;
+        let (lo, hi) = (Duration::from_millis(100), MAX_STORE_TIMEOUT);
+        range("store.connect_timeout", st.connect_timeout, lo, hi, d)?;
+        range("store.statement_timeout", st.statement_timeout, lo, hi, d)?;
         range("delivery.max_attempts", dl.max_attempts, 1, MAX_ATTEMPTS, |n| n.to_string())?;
         range("delivery.initial_backoff", dl.initial_backoff, ms, MAX_BACKOFF, d)?;
         if dl.max_backoff < dl.initial_backoff {
@@ -740,5 +836,16 @@ mod tests {
         assert!(!c.log.access);
         let e = load(&format!("{MINIMAL}\n[server]\nmetrics_listen = \"nope\""), &[]).unwrap_err();
         assert!(e.to_string().contains("server.metrics_listen"), "{e}");
+    }
+
+    #[test]
+    fn debug_output_hides_the_store_password() {
+        // Built without PostgreSQL the URL is refused, and the refusal hides the password too.
+        let url = [("HERALD_STORE__URL", "postgres://herald:s3cret@db/herald")];
+        let shown = match load(MINIMAL, &url) {
+            Ok(c) => format!("{c:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(!shown.contains("s3cret") && shown.contains("herald:***@db"), "{shown}");
     }
 }

@@ -2,6 +2,13 @@
 //! through the [`delivery`](crate::delivery) layer → record → collect `rejected`; then decide the
 //! HTTP answer per domain.md §2 (200 + rejected, or a 5xx only when a homeserver retry can help).
 //!
+//! Deduplication is two layers: [`crate::claims`] coalesces identical deliveries inside this
+//! process (the later ones wait for the first's outcome, free), and the store's claim coordinates
+//! instances sharing a store (PostgreSQL): the first to claim a key delivers, the others poll with
+//! backoff until it is recorded (duplicate), released (claim it themselves) or its lease expires.
+//! A record that fails is retried while the claim's lease lasts (the store may be restarting),
+//! so a delivery acknowledged during a short outage is still deduplicated everywhere afterwards.
+//!
 //! Work in flight is bounded twice, so a burst of big requests cannot take unbounded memory: one
 //! request runs at most `delivery.max_in_flight_devices_per_request` devices at a time (the others
 //! are not even created yet), and all requests together at most `delivery.max_in_flight_devices`
@@ -21,7 +28,17 @@ use tracing::Instrument;
 use crate::claims::{wait_for_owner, Claim, Claims};
 use crate::delivery::{App, DeliveryLayer, LayerError};
 use crate::metrics::{AppMetrics, StoreMetrics};
-use crate::store::{DedupKey, DedupStore};
+use crate::store::{ClaimState, DedupKey, DedupStore, TokenKey};
+
+/// First wait before asking again for a key another instance holds; doubles up to
+/// [`MAX_CLAIM_POLL`]. Waiters are rare (the same event on two instances at once), and the owner
+/// usually records within milliseconds.
+const FIRST_CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+/// Longest wait between two claims of a held key.
+const MAX_CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// A record is retried (the store may be restarting) until this long before the claim's lease
+/// ends; after that another instance may take the key over, so the device is answered 503.
+const RECORD_SAFETY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What happened to one device.
 #[derive(Debug)]
@@ -30,6 +47,8 @@ enum DeviceResult {
     Skipped,
     Duplicate,
     Rejected,
+    /// Rejected from the dead-token cache, without an upstream call.
+    RejectedCached,
     MessageRefused,
     Failed(Failure),
 }
@@ -120,6 +139,10 @@ pub struct Dispatcher {
     per_request: usize,
     /// Notify dispatches running as tasks of their own; shutdown waits for them.
     tasks: TaskTracker,
+    /// `store.claim_lease`: how long a record may be retried after the claim.
+    claim_lease: std::time::Duration,
+    /// Whether the dead-token cache is on (`store.dead_token_ttl` > 0).
+    dead_tokens: bool,
 }
 
 impl Dispatcher {
@@ -142,7 +165,21 @@ impl Dispatcher {
             budget: Semaphore::new(limits.max_in_flight_devices),
             per_request: limits.max_in_flight_devices_per_request,
             tasks: TaskTracker::new(),
+            claim_lease: std::time::Duration::from_secs(30),
+            dead_tokens: true,
         }
+    }
+
+    /// Sets the claim lease (`store.claim_lease`), which bounds how long a record is retried.
+    pub fn with_claim_lease(mut self, lease: std::time::Duration) -> Self {
+        self.claim_lease = lease;
+        self
+    }
+
+    /// Turns the dead-token cache on or off (`store.dead_token_ttl` > 0).
+    pub fn with_dead_tokens(mut self, on: bool) -> Self {
+        self.dead_tokens = on;
+        self
     }
 
     /// Replaces the default in-flight limits.
@@ -182,7 +219,7 @@ impl Dispatcher {
             // Synapse's case: one device per request; no stream machinery.
             let result = self.device(notification, device, deadline).await;
             merge(&result);
-            if matches!(result, DeviceResult::Rejected) {
+            if matches!(result, DeviceResult::Rejected | DeviceResult::RejectedCached) {
                 rejected.push(device.pushkey.clone());
             }
         } else {
@@ -196,7 +233,8 @@ impl Dispatcher {
                 .buffer_unordered(self.per_request);
             while let Some((i, result)) = results.next().await {
                 merge(&result);
-                is_rejected[i] = matches!(result, DeviceResult::Rejected);
+                is_rejected[i] =
+                    matches!(result, DeviceResult::Rejected | DeviceResult::RejectedCached);
             }
             // In request order, each pushkey once.
             let mut seen = HashSet::new();
@@ -259,7 +297,7 @@ impl Dispatcher {
                 // Badge-only updates are never deduplicated; their message id only has to stay
                 // the same across this request's retries.
                 let id = MessageId::from_bytes(fastrand::u128(..).to_le_bytes());
-                self.deliver(app, n, device, id, deadline).instrument(span.clone()).await
+                self.deliver_badge(app, n, device, id, deadline).instrument(span.clone()).await
             }
             Some(event_id) => {
                 let key = DedupKey::new(event_id, &device.app_id, &device.pushkey);
@@ -271,6 +309,7 @@ impl Dispatcher {
             DeviceResult::Skipped => "skipped",
             DeviceResult::Duplicate => "deduplicated",
             DeviceResult::Rejected => "rejected",
+            DeviceResult::RejectedCached => "rejected_cached",
             DeviceResult::MessageRefused => "failed_message_refused",
             DeviceResult::Failed(Failure::Transient) => "failed_transient",
             DeviceResult::Failed(Failure::CredentialsRefused) => "failed_credentials_refused",
@@ -281,7 +320,54 @@ impl Dispatcher {
         result
     }
 
-    /// Delivers unless already delivered; concurrent identical deliveries wait for the first.
+    /// A badge-only update: no dedup, but a known dead token is answered without an upstream call.
+    async fn deliver_badge(
+        &self,
+        app: &App,
+        n: &Notification,
+        device: &Device,
+        id: MessageId,
+        deadline: Instant,
+    ) -> DeviceResult {
+        let token = TokenKey::new(&device.app_id, &device.pushkey);
+        if self.dead_tokens {
+            match tokio::time::timeout_at(deadline, self.store.is_dead_token(&token)).await {
+                Ok(Ok(true)) => return self.rejected_from_cache(),
+                Ok(Ok(false)) => {}
+                // The cache only saves an upstream call: deliver without it.
+                Ok(Err(e)) => tracing::warn!(error = %e, "dead-token lookup failed; delivering"),
+                Err(_) => return DeviceResult::Failed(Failure::Deadline),
+            }
+        }
+        let result = self.deliver(app, n, device, id, deadline).await;
+        if matches!(result, DeviceResult::Rejected) {
+            self.remember_dead(token).await;
+        }
+        result
+    }
+
+    fn rejected_from_cache(&self) -> DeviceResult {
+        self.store_metrics.dead_token_hits.inc();
+        tracing::debug!("known dead token: pushkey rejected without an upstream call");
+        DeviceResult::RejectedCached
+    }
+
+    /// Remembers a token the upstream called dead. Only `Outcome::TokenDead` gets here: an
+    /// unknown app_id or a policy refusal is never cached.
+    async fn remember_dead(&self, token: TokenKey) {
+        if !self.dead_tokens {
+            return;
+        }
+        if let Err(e) = self.store.record_dead_token(token).await {
+            // The pushkey is rejected anyway; only the next upstream call is not saved.
+            tracing::warn!(error = %e, "could not remember the dead token");
+        }
+    }
+
+    /// Delivers unless already delivered. Identical deliveries in this process wait for the
+    /// first ([`Claims`]); the first claims the key in the store, which on a shared store may
+    /// find another instance delivering it: then it polls until that one records (duplicate),
+    /// releases (claim it) or its lease ends (take it over).
     async fn deliver_once(
         &self,
         app: &App,
@@ -290,6 +376,7 @@ impl Dispatcher {
         key: DedupKey,
         deadline: Instant,
     ) -> DeviceResult {
+        let token = TokenKey::new(&device.app_id, &device.pushkey);
         loop {
             let guard = match self.claims.claim(key) {
                 Claim::Owner(guard) => guard,
@@ -301,39 +388,108 @@ impl Dispatcher {
                     }
                 }
             };
-            let started = std::time::Instant::now();
-            let seen = tokio::time::timeout_at(deadline, self.store.was_delivered(&key)).await;
-            self.store_metrics.lookup.observe(started.elapsed().as_secs_f64());
-            match seen {
-                Ok(Ok(true)) => {
-                    guard.finish(true);
-                    return DeviceResult::Duplicate;
+            let mut poll = FIRST_CLAIM_POLL;
+            let mut waited = false;
+            let (ticket, claimed_at) = loop {
+                let started = std::time::Instant::now();
+                let claimed = tokio::time::timeout_at(deadline, self.store.claim(key, token)).await;
+                self.store_metrics.lookup.observe(started.elapsed().as_secs_f64());
+                match claimed {
+                    Ok(Ok(ClaimState::Claimed(ticket))) => break (ticket, started),
+                    Ok(Ok(ClaimState::Delivered)) => {
+                        guard.finish(true);
+                        return DeviceResult::Duplicate;
+                    }
+                    Ok(Ok(ClaimState::DeadToken)) => {
+                        guard.finish(false);
+                        return self.rejected_from_cache();
+                    }
+                    Ok(Ok(ClaimState::Held { remaining })) => {
+                        if !waited {
+                            waited = true;
+                            self.store_metrics.claim_waits.inc();
+                            tracing::debug!(
+                                lease_remaining_ms = remaining.as_millis() as u64,
+                                "another instance is delivering this: waiting for it"
+                            );
+                        }
+                        // Never past the other's lease, nor our deadline; jitter spreads the
+                        // waiters of one key.
+                        let wait = poll
+                            .min(remaining.max(FIRST_CLAIM_POLL))
+                            .mul_f64(0.8 + 0.4 * fastrand::f64());
+                        if Instant::now() + wait >= deadline {
+                            tokio::time::sleep_until(deadline).await;
+                            return DeviceResult::Failed(Failure::Deadline);
+                        }
+                        tokio::time::sleep(wait).await;
+                        poll = (poll * 2).min(MAX_CLAIM_POLL);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "dedup claim failed");
+                        return DeviceResult::Failed(Failure::Store);
+                    }
+                    Err(_) => return DeviceResult::Failed(Failure::Deadline),
                 }
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "dedup lookup failed");
-                    return DeviceResult::Failed(Failure::Store);
-                }
-                Err(_) => return DeviceResult::Failed(Failure::Deadline),
-            }
+            };
             let id = MessageId::from_bytes(*key.as_bytes());
             let result = self.deliver(app, n, device, id, deadline).await;
             if !matches!(result, DeviceResult::Delivered | DeviceResult::Skipped) {
+                if matches!(result, DeviceResult::Rejected) {
+                    self.remember_dead(token).await;
+                }
+                // Not delivered: a retry, here or on another instance, may claim it at once.
+                if let Err(e) = self.store.release(ticket).await {
+                    tracing::warn!(error = %e, "could not release a claim; it expires with its lease");
+                }
                 guard.finish(false);
                 return result;
             }
-            let started = std::time::Instant::now();
-            // Not bounded by the request deadline: the message is out, so the record must land
-            // or a retry would alert twice. The writer answers within a commit.
-            let recorded = self.store.record_delivered(key).await;
-            self.store_metrics.record.observe(started.elapsed().as_secs_f64());
-            if let Err(e) = recorded {
-                // Delivered but not remembered: report success (the user got it); a retry of
-                // this same event may alert twice, which beats a lost notification.
-                tracing::error!(error = %e, "delivered but could not record in dedup store");
-            }
+            // Not bounded by the request deadline: the message is out, so the record must land or
+            // a retry would alert twice. It is retried while the store is away (a PostgreSQL
+            // restart), until shortly before the lease ends: after that another instance may
+            // take the key over, and waiting longer would only delay the answer.
+            let give_up = claimed_at + self.claim_lease.saturating_sub(RECORD_SAFETY);
+            // Delivered but not remembered: still a success (the user got it); a retry of this
+            // same event may alert twice, which beats a lost notification. Logged as an error.
+            self.record(key, give_up).await;
             guard.finish(true);
             return result;
+        }
+    }
+
+    /// Records `key`, retrying with backoff until `give_up` (then logs an error).
+    async fn record(&self, key: DedupKey, give_up: std::time::Instant) {
+        let mut backoff = std::time::Duration::from_millis(50);
+        let mut attempts = 0u32;
+        loop {
+            let started = std::time::Instant::now();
+            let recorded = self.store.record_delivered(key).await;
+            self.store_metrics.record.observe(started.elapsed().as_secs_f64());
+            attempts += 1;
+            match recorded {
+                Ok(()) => {
+                    if attempts > 1 {
+                        tracing::info!(attempts, "delivery recorded after the store came back");
+                    }
+                    return;
+                }
+                Err(e) if std::time::Instant::now() + backoff >= give_up => {
+                    tracing::error!(
+                        error = %e,
+                        attempts,
+                        "delivered but could not record in dedup store"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    if attempts == 1 {
+                        tracing::warn!(error = %e, "could not record a delivery yet; retrying");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                }
+            }
         }
     }
 

@@ -94,6 +94,7 @@ pub struct Metrics {
     retries: Family<Labels, Counter>,
     upstream_responses: Family<Labels, Counter>,
     store_seconds: HistogramFamily,
+    store_counters: StoreCounters,
     /// Notify requests being handled right now (only notify: a scrape does not count itself).
     pub in_flight: Gauge,
     /// Client connections and the file limit (see `connections.rs`).
@@ -101,10 +102,12 @@ pub struct Metrics {
 }
 
 /// Outcomes counted per app in `herald_notifications_total{app, outcome}`.
-pub const OUTCOMES: [&str; 10] = [
+pub const OUTCOMES: [&str; 11] = [
     "delivered",
     "skipped",
     "rejected",
+    // Rejected from the dead-token cache, without an upstream call.
+    "rejected_cached",
     "deduplicated",
     "failed_transient",
     "failed_credentials_refused",
@@ -158,13 +161,26 @@ impl AppMetrics {
     }
 }
 
-/// Store operations timed in `herald_store_duration_seconds{op}`.
+/// The store's metrics: operations timed in `herald_store_duration_seconds{op}`, claims and the
+/// shared store's connection pool.
 #[derive(Clone)]
 pub struct StoreMetrics {
-    /// Dedup lookups.
+    /// Dedup lookups and claims.
     pub lookup: Histogram,
     /// Commits of delivery records.
     pub record: Histogram,
+    /// Deliveries that found another instance's claim and waited for it
+    /// (`herald_store_claim_waits_total`).
+    pub claim_waits: Counter,
+    /// Claims taken over after another instance's lease expired
+    /// (`herald_store_lease_takeovers_total`).
+    pub lease_takeovers: Counter,
+    /// Devices answered `rejected` from the dead-token cache (`herald_dead_token_hits_total`).
+    pub dead_token_hits: Counter,
+    /// Connections of the shared store's pool (`herald_store_pool_connections`).
+    pub pool_connections: Gauge,
+    /// Of which in use (`herald_store_pool_in_use`).
+    pub pool_in_use: Gauge,
 }
 
 impl Default for Metrics {
@@ -230,6 +246,7 @@ impl Metrics {
             "Latency of dedup store operations",
             store_seconds.clone(),
         );
+        let store_counters = StoreCounters::register(&mut registry);
         let in_flight = Gauge::default();
         registry.register("in_flight_requests", "Notify requests in progress", in_flight.clone());
         let connections = ConnectionMetrics::register(&mut registry);
@@ -253,6 +270,7 @@ impl Metrics {
             retries,
             upstream_responses,
             store_seconds,
+            store_counters,
             in_flight,
             connections,
         }
@@ -284,7 +302,16 @@ impl Metrics {
         // `get_or_create`, which may need the family's write lock.
         let lookup = self.store_seconds.get_or_create(&vec![("op", "lookup".into())]).clone();
         let record = self.store_seconds.get_or_create(&vec![("op", "record".into())]).clone();
-        StoreMetrics { lookup, record }
+        let c = self.store_counters.clone();
+        StoreMetrics {
+            lookup,
+            record,
+            claim_waits: c.claim_waits,
+            lease_takeovers: c.lease_takeovers,
+            dead_token_hits: c.dead_token_hits,
+            pool_connections: c.pool_connections,
+            pool_in_use: c.pool_in_use,
+        }
     }
 
     /// Times one answered notify request in `herald_notify_duration_seconds{status}`.
@@ -331,6 +358,48 @@ impl Metrics {
         let _ = encode_registry(&mut out, &self.process);
         let _ = encode_eof(&mut out);
         out
+    }
+}
+
+/// The store's counters and gauges, registered once.
+#[derive(Clone, Default)]
+struct StoreCounters {
+    claim_waits: Counter,
+    lease_takeovers: Counter,
+    dead_token_hits: Counter,
+    pool_connections: Gauge,
+    pool_in_use: Gauge,
+}
+
+impl StoreCounters {
+    fn register(registry: &mut Registry) -> Self {
+        let c = StoreCounters::default();
+        registry.register(
+            "store_claim_waits",
+            "Deliveries that found another instance's claim on their key and waited for it",
+            c.claim_waits.clone(),
+        );
+        registry.register(
+            "store_lease_takeovers",
+            "Claims taken over because another instance's lease expired before it recorded or released",
+            c.lease_takeovers.clone(),
+        );
+        registry.register(
+            "dead_token_hits",
+            "Devices answered rejected from the dead-token cache, without an upstream call",
+            c.dead_token_hits.clone(),
+        );
+        registry.register(
+            "store_pool_connections",
+            "Open connections of the shared (PostgreSQL) store's pool",
+            c.pool_connections.clone(),
+        );
+        registry.register(
+            "store_pool_in_use",
+            "Connections of the shared store's pool running a query",
+            c.pool_in_use.clone(),
+        );
+        c
     }
 }
 

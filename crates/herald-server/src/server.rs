@@ -160,31 +160,90 @@ fn install_log_key(data_dir: &std::path::Path) -> Result<(), StartError> {
         .map_err(|source| StartError::State { path: path.clone(), source })
 }
 
-/// Opens the store named by the configuration.
+/// Opens the store named by the configuration (with its own metrics, for tests and tools).
 pub async fn open_store(config: &Config) -> Result<Arc<dyn DedupStore>, StartError> {
-    let url = sqlite_url(config)?;
-    let options = SqliteStoreOptions { ttl: config.store.ttl, max_batch: config.store.max_batch };
-    let store = SqliteStore::open(&url, options).await?;
-    Ok(Arc::new(RecentCache::new(store, config.store.recent_cache_entries, config.store.ttl)))
+    open_store_with(config, Metrics::new().store()).await
+}
+
+/// Opens the store named by the configuration, reporting into `metrics`: SQLite or PostgreSQL by
+/// the URL's scheme, behind the recent-delivery cache.
+pub async fn open_store_with(
+    config: &Config,
+    metrics: crate::metrics::StoreMetrics,
+) -> Result<Arc<dyn DedupStore>, StartError> {
+    let (ttl, entries) = (config.store.ttl, config.store.recent_cache_entries);
+    match store_engine(config)? {
+        Engine::Sqlite(url) => {
+            let options = SqliteStoreOptions {
+                ttl,
+                max_batch: config.store.max_batch,
+                dead_token_ttl: config.store.dead_token_ttl,
+            };
+            let _ = metrics;
+            let store = SqliteStore::open(&url, options).await?;
+            Ok(Arc::new(RecentCache::new(store, entries, ttl)))
+        }
+        #[cfg(feature = "postgres")]
+        Engine::Postgres(url) => {
+            let store = crate::store::postgres::PostgresStore::open(
+                &url,
+                postgres_options(config),
+                metrics,
+            )
+            .await?;
+            Ok(Arc::new(RecentCache::new(store, entries, ttl)))
+        }
+    }
+}
+
+/// The PostgreSQL store's options from `[store]` (and the lease from the request deadline).
+#[cfg(feature = "postgres")]
+pub fn postgres_options(config: &Config) -> crate::store::postgres::PostgresStoreOptions {
+    let st = &config.store;
+    crate::store::postgres::PostgresStoreOptions {
+        ttl: st.ttl,
+        max_batch: st.max_batch,
+        dead_token_ttl: st.dead_token_ttl,
+        claim_lease: config.claim_lease(),
+        max_connections: st.max_connections,
+        connect_timeout: st.connect_timeout,
+        statement_timeout: st.statement_timeout,
+    }
 }
 
 /// What `herald check-config` does instead of [`open_store`]: whether it would succeed, without
 /// creating or changing anything. Says what it found.
 pub async fn check_store(config: &Config) -> Result<String, StartError> {
-    let url = sqlite_url(config)?;
-    Ok(SqliteStore::check(&url).await?)
+    match store_engine(config)? {
+        Engine::Sqlite(url) => Ok(SqliteStore::check(&url).await?),
+        #[cfg(feature = "postgres")]
+        Engine::Postgres(url) => {
+            Ok(crate::store::postgres::PostgresStore::check(&url, &postgres_options(config))
+                .await?)
+        }
+    }
 }
 
-fn sqlite_url(config: &Config) -> Result<String, StartError> {
+enum Engine {
+    Sqlite(String),
+    #[cfg(feature = "postgres")]
+    Postgres(String),
+}
+
+fn store_engine(config: &Config) -> Result<Engine, StartError> {
     let url = config.store_url();
     if url.starts_with("sqlite:") {
-        Ok(url)
-    } else {
-        // Config::validate refuses this already; kept for configurations built in code.
-        Err(StartError::Config(ConfigError::invalid(format!(
-            "`store.url`: unsupported store `{url}`; this build supports sqlite:// URLs"
-        ))))
+        return Ok(Engine::Sqlite(url));
     }
+    #[cfg(feature = "postgres")]
+    if crate::store::is_postgres_url(&url) {
+        return Ok(Engine::Postgres(url));
+    }
+    // Config::validate refuses this already; kept for configurations built in code.
+    Err(StartError::Config(ConfigError::invalid(format!(
+        "`store.url`: unsupported store `{}`",
+        crate::store::redact_url(&url)
+    ))))
 }
 
 impl Server {
@@ -213,7 +272,7 @@ impl Server {
         let apps = build_apps(config, registry, &metrics).await?;
         let store = match store {
             Some(store) => store,
-            None => open_store(config).await?,
+            None => open_store_with(config, metrics.store()).await?,
         };
         let dispatcher = Arc::new(
             Dispatcher::new(
@@ -223,7 +282,9 @@ impl Server {
                 metrics.app("_unknown"),
                 metrics.store(),
             )
-            .with_limits(DispatchLimits::from_config(&config.delivery)),
+            .with_limits(DispatchLimits::from_config(&config.delivery))
+            .with_claim_lease(config.claim_lease())
+            .with_dead_tokens(!config.store.dead_token_ttl.is_zero()),
         );
         let state = Arc::new(AppState {
             dispatcher,

@@ -11,6 +11,8 @@
 //! - [`fcm`]: a fake Google OAuth token endpoint and FCM HTTP v1 endpoint that verify the
 //!   JWT-bearer assertion, the bearer token and the message as Google does.
 //! - [`notify`]: builders for notify request bodies as real homeservers send them.
+//! - [`postgres`]: throwaway PostgreSQL clusters (initdb + postgres in a temporary directory) from
+//!   Debian's binaries, which can be stopped and restarted for outage tests.
 //! - [`proxy`]: an HTTP `CONNECT` proxy, for testing outbound proxy support.
 //! - [`smtp`]: a real SMTP server (Python's aiosmtpd, in a venv under `target/`), scripted, for
 //!   the email backend.
@@ -22,6 +24,7 @@ pub mod fake_push;
 pub mod fcm;
 pub mod logs;
 pub mod notify;
+pub mod postgres;
 pub mod proxy;
 pub mod scripted;
 pub mod smtp;

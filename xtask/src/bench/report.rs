@@ -37,7 +37,7 @@ const MAX_WAL_MB: f64 = 64.0;
 /// One target, checked.
 #[derive(Debug, Clone)]
 pub(crate) struct Check {
-    scenario: &'static str,
+    scenario: String,
     target: String,
     value: String,
     pass: bool,
@@ -193,7 +193,9 @@ impl Report {
                 };
                 json!({
                     "name": o.kind.name(),
+                    "store": o.store,
                     "label": o.label,
+                    "other_cpu_seconds": o.other_cpu,
                     "notify_per_second": m.per_second(),
                     "requests": m.requests,
                     "seconds": m.seconds,
@@ -289,7 +291,12 @@ fn checks(outcomes: &[Outcome]) -> Vec<Check> {
     let ceiling = find(Kind::Ceiling).map(|o| o.measured.per_second()).filter(|c| *c > 0.0);
     let mut checks = Vec::new();
     let mut push = |o: &Outcome, target: String, value: String, pass: bool| {
-        checks.push(Check { scenario: o.kind.name(), target, value, pass });
+        let scenario = if o.store.is_empty() || o.store == "sqlite" {
+            o.kind.name().to_owned()
+        } else {
+            format!("{} ({})", o.kind.name(), o.store)
+        };
+        checks.push(Check { scenario, target, value, pass });
     };
     for o in outcomes {
         let rate = o.measured.per_second();
@@ -327,6 +334,26 @@ fn checks(outcomes: &[Outcome]) -> Vec<Check> {
                 format!("{:.2} ms", o.measured.p99_ms),
                 o.measured.p99_ms <= APNS_MAX_P99_MS,
             );
+        }
+        // Issue 12: one instance on PostgreSQL against the same scenario on SQLite; two
+        // instances against one (reported: on 2 cores they share the CPU, so no target).
+        let same = |store: &str| {
+            outcomes
+                .iter()
+                .find(|x| x.kind == o.kind && x.store == store)
+                .map(|x| x.measured.per_second())
+        };
+        if o.store == "postgres" {
+            if let Some(sqlite) = same("sqlite") {
+                let r = rate / sqlite.max(1e-9);
+                push(o, "postgres ≥ 0.8 × sqlite".into(), format!("{r:.3} × sqlite"), r >= 0.8);
+            }
+        }
+        if o.store == "postgres x2" {
+            if let Some(one) = same("postgres") {
+                let r = rate / one.max(1e-9);
+                push(o, "two instances vs one (report)".into(), format!("{r:.3} × one"), true);
+            }
         }
         if o.kind == Kind::UniqueFilled {
             if let Some(unique) = find(Kind::Unique).map(|u| u.measured.per_second()) {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald_core::sync::lock;
 
-use super::{unix_now, DedupKey, DedupStore, StoreError};
+use super::{unix_now, ClaimState, DedupKey, DedupStore, StoreError, Ticket, TokenKey};
 
 /// Keys are SHA-256 prefixes already: their first eight bytes are a perfectly good hash.
 #[derive(Default)]
@@ -106,6 +106,27 @@ impl<S: DedupStore> DedupStore for RecentCache<S> {
         Ok(())
     }
 
+    async fn claim(&self, key: DedupKey, token: TokenKey) -> Result<ClaimState, StoreError> {
+        // Only recorded keys are cached, and a record is final within the TTL: answering from
+        // memory is exact with a shared store too.
+        if self.cached(&key) {
+            return Ok(ClaimState::Delivered);
+        }
+        self.inner.claim(key, token).await
+    }
+
+    async fn release(&self, ticket: Ticket) -> Result<(), StoreError> {
+        self.inner.release(ticket).await
+    }
+
+    async fn is_dead_token(&self, token: &TokenKey) -> Result<bool, StoreError> {
+        self.inner.is_dead_token(token).await
+    }
+
+    async fn record_dead_token(&self, token: TokenKey) -> Result<(), StoreError> {
+        self.inner.record_dead_token(token).await
+    }
+
     async fn prune_expired(&self) -> Result<u64, StoreError> {
         self.inner.prune_expired().await
     }
@@ -134,8 +155,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/d.db", dir.path().display());
         let ttl = Duration::from_secs(3600);
-        let inner =
-            SqliteStore::open(&url, SqliteStoreOptions { ttl, max_batch: 8 }).await.unwrap();
+        let inner = SqliteStore::open(
+            &url,
+            SqliteStoreOptions { ttl, max_batch: 8, dead_token_ttl: Duration::from_secs(3600) },
+        )
+        .await
+        .unwrap();
         let store = RecentCache::new(inner, 2, ttl);
         let keys: Vec<_> = (0..3).map(|i| DedupKey::new(&format!("$e{i}"), "a", "k")).collect();
         for key in &keys {
@@ -154,8 +179,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/d.db", dir.path().display());
         let ttl = Duration::from_secs(60);
-        let inner =
-            SqliteStore::open(&url, SqliteStoreOptions { ttl, max_batch: 8 }).await.unwrap();
+        let inner = SqliteStore::open(
+            &url,
+            SqliteStoreOptions { ttl, max_batch: 8, dead_token_ttl: Duration::from_secs(3600) },
+        )
+        .await
+        .unwrap();
         let store = RecentCache::new(inner, 16, ttl);
         let key = DedupKey::new("$old", "a", "k");
         store.remember(key, unix_now() - 120);

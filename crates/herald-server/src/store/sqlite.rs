@@ -24,7 +24,6 @@
 //! through [`DedupStore::close`], [`DedupStore::failed`] says so and the server stops.
 
 use std::borrow::Cow;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +40,10 @@ use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::task::{AbortHandle, JoinHandle};
 
-use super::{unix_now, DedupKey, DedupStore, StoreError};
+use super::{
+    millis, supervise, unix_now, unix_now_ms, ClaimState, DedupKey, DedupStore, Health, StoreError,
+    Ticket, TokenKey,
+};
 
 mod writer;
 use writer::{WriteCommand, Writer};
@@ -75,6 +77,9 @@ pub struct SqliteStoreOptions {
     pub ttl: Duration,
     /// Most records per transaction.
     pub max_batch: usize,
+    /// How long a token an upstream called dead is answered `rejected` without an upstream call
+    /// (zero: never).
+    pub dead_token_ttl: Duration,
 }
 
 /// Lookups answered per query at the most. Batches are padded to a power of two so that sqlx's
@@ -97,16 +102,10 @@ pub struct SqliteStore {
     checkpointer: AbortHandle,
     health: watch::Sender<Health>,
     wal_path: PathBuf,
-}
-
-/// Whether the background tasks are still doing their job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Health {
-    Running,
-    /// [`DedupStore::close`] was called: tasks ending now is expected.
-    Closing,
-    /// A task stopped on its own; why.
-    Failed(String),
+    /// The dead-token table, mirrored in memory: one process owns a SQLite file, so the mirror is
+    /// exact and the hot path never queries for it. Token → expiry, ms since the epoch.
+    dead_tokens: std::sync::Mutex<std::collections::HashMap<TokenKey, i64>>,
+    dead_token_ttl: Duration,
 }
 
 /// What the writer's log restart needs from the other tasks. A restart can only finish once no
@@ -123,40 +122,27 @@ struct Coordination {
     restart_due: AtomicBool,
 }
 
-/// Spawns `task` and a supervisor that reports in `health` if it ends while the store is running
-/// (returns, panics or is cancelled). The supervisor's handle completes when the task has ended;
-/// the abort handle cancels the task itself.
-fn supervise(
-    name: &'static str,
-    task: impl Future<Output = ()> + Send + 'static,
-    health: watch::Sender<Health>,
-) -> (JoinHandle<()>, AbortHandle) {
-    let task = tokio::spawn(task);
-    let abort = task.abort_handle();
-    let supervisor = tokio::spawn(async move {
-        let why = super::task_ended(&format!("dedup store's {name}"), task.await);
-        health.send_if_modified(|h| match h {
-            Health::Running => {
-                *h = Health::Failed(why);
-                true
-            }
-            Health::Closing | Health::Failed(_) => false,
-        });
-    });
-    (supervisor, abort)
-}
-
 fn migrator() -> Migrator {
     // Built by hand rather than with `migrate!` to keep sqlx's proc-macro stack out of the build;
     // the SQL is still embedded in the binary.
-    Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            Cow::Borrowed("delivered"),
+    let migration = |version, name, sql| {
+        Migration::new(
+            version,
+            Cow::Borrowed(name),
             MigrationType::Simple,
-            Cow::Borrowed(include_str!("../../migrations/0001_delivered.sql")),
+            Cow::Borrowed(sql),
             false,
-        )]),
+        )
+    };
+    Migrator {
+        migrations: Cow::Owned(vec![
+            migration(1, "delivered", include_str!("../../migrations/sqlite/0001_delivered.sql")),
+            migration(
+                2,
+                "dead tokens",
+                include_str!("../../migrations/sqlite/0002_dead_tokens.sql"),
+            ),
+        ]),
         ..Migrator::DEFAULT
     }
 }
@@ -197,6 +183,16 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::database(format!("migrating {url}"), sqlx::Error::from(e)))?;
+        let dead: Vec<(Vec<u8>, i64)> =
+            sqlx::query_as("SELECT token, expires_at FROM dead_tokens WHERE expires_at > ?1")
+                .bind(unix_now_ms())
+                .fetch_all(&pool)
+                .await
+                .map_err(|e| StoreError::database("reading dead tokens", e))?;
+        let dead_tokens = dead
+            .into_iter()
+            .filter_map(|(token, at)| Some((TokenKey(token.try_into().ok()?), at)))
+            .collect();
         let (page_size,): (i64,) = sqlx::query_as("PRAGMA page_size").fetch_one(&pool).await?;
         let (reader, read_rx) = mpsc::channel(MAX_LOOKUP_BATCH * 8);
         let (writer, write_rx) = mpsc::channel(options.max_batch * 8);
@@ -230,6 +226,8 @@ impl SqliteStore {
             checkpointer,
             health,
             wal_path,
+            dead_tokens: std::sync::Mutex::new(dead_tokens),
+            dead_token_ttl: options.dead_token_ttl,
         })
     }
 
@@ -308,6 +306,43 @@ impl SqliteStore {
         }
     }
 
+    fn dead_token_known(&self, token: &TokenKey) -> bool {
+        if self.dead_token_ttl.is_zero() {
+            return false;
+        }
+        let dead = herald_core::sync::lock(&self.dead_tokens);
+        dead.get(token).is_some_and(|expires_at| *expires_at > unix_now_ms())
+    }
+
+    /// Deletes expired dead tokens, from memory and from the table (in chunks: it runs beside
+    /// the writer on the pool's connection).
+    async fn prune_dead_tokens(&self) -> Result<u64, StoreError> {
+        let now = unix_now_ms();
+        herald_core::sync::lock(&self.dead_tokens).retain(|_, expires_at| *expires_at > now);
+        let mut deleted = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM dead_tokens WHERE token IN \
+                 (SELECT token FROM dead_tokens WHERE expires_at <= ?1 LIMIT 5000)",
+            )
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StoreError::database("pruning dead tokens", e))?;
+            deleted += done.rows_affected();
+            if done.rows_affected() < 5000 {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// Rows of the dead-token table (expired or not); for tests and diagnostics.
+    pub async fn dead_token_count(&self) -> Result<i64, StoreError> {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM dead_tokens").fetch_one(&self.pool).await?;
+        Ok(n)
+    }
+
     /// The write-ahead log's current size in bytes (0 when there is none); for tests and
     /// diagnostics.
     pub fn wal_size(&self) -> u64 {
@@ -353,13 +388,49 @@ impl DedupStore for SqliteStore {
         rx.await.map_err(|_| StoreError::unavailable("store writer stopped"))?
     }
 
+    async fn claim(&self, key: DedupKey, token: TokenKey) -> Result<ClaimState, StoreError> {
+        // Claims in flight are `crate::claims`' (one process per file): a claim is a lookup.
+        if self.dead_token_known(&token) {
+            return Ok(ClaimState::DeadToken);
+        }
+        Ok(if self.was_delivered(&key).await? {
+            ClaimState::Delivered
+        } else {
+            ClaimState::Claimed(Ticket { key, owner: 0 })
+        })
+    }
+
+    async fn is_dead_token(&self, token: &TokenKey) -> Result<bool, StoreError> {
+        Ok(self.dead_token_known(token))
+    }
+
+    async fn record_dead_token(&self, token: TokenKey) -> Result<(), StoreError> {
+        if self.dead_token_ttl.is_zero() {
+            return Ok(());
+        }
+        let expires_at = unix_now_ms().saturating_add(millis(self.dead_token_ttl));
+        // Rare (one per dead pushkey per TTL): on the pool's connection, beside the writer.
+        sqlx::query(
+            "INSERT INTO dead_tokens (token, expires_at) VALUES (?1, ?2) \
+             ON CONFLICT(token) DO UPDATE SET expires_at = excluded.expires_at",
+        )
+        .bind(token.as_bytes().to_vec())
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::database("recording a dead token", e))?;
+        herald_core::sync::lock(&self.dead_tokens).insert(token, expires_at);
+        Ok(())
+    }
+
     async fn prune_expired(&self) -> Result<u64, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.writer
             .send(WriteCommand::Prune(tx))
             .await
             .map_err(|_| StoreError::unavailable("store is closed"))?;
-        rx.await.map_err(|_| StoreError::unavailable("store writer stopped"))?
+        let deleted = rx.await.map_err(|_| StoreError::unavailable("store writer stopped"))??;
+        Ok(deleted + self.prune_dead_tokens().await?)
     }
 
     async fn failed(&self) -> String {
@@ -585,7 +656,11 @@ mod tests {
         let url = format!("sqlite://{}/sub/dedup.db", dir.path().display());
         SqliteStore::open(
             &url,
-            SqliteStoreOptions { ttl: Duration::from_secs(3600), max_batch: 64 },
+            SqliteStoreOptions {
+                ttl: Duration::from_secs(3600),
+                max_batch: 64,
+                dead_token_ttl: Duration::from_secs(3600),
+            },
         )
         .await
         .unwrap()

@@ -54,7 +54,7 @@ fn zero_and_nonsensical_values_are_refused_naming_the_key() {
             "delivery.max_concurrency_per_app",
         ),
         // Not a store this build has.
-        ("[store]\nurl = \"postgres://herald@db/herald\"", "store.url"),
+        ("[store]\nurl = \"mysql://herald@db/herald\"", "store.url"),
         // Log levels that are no level (tracing would read a bare word as a target name).
         ("[log]\nlevel = \"verbose\"", "log.level"),
         ("[log]\nlevel = \"\"", "log.level"),
@@ -251,7 +251,7 @@ fn check_config_and_serve_agree_on_exit_codes() {
         // Configuration (2): a bad value, a store this build does not have, an app that cannot
         // be built.
         (format!("{listen}[store]\nprune_interval = \"0s\"\n{MINIMAL}"), 2, "store.prune_interval"),
-        (format!("{listen}[store]\nurl = \"postgres://db/herald\"\n{MINIMAL}"), 2, "store.url"),
+        (format!("{listen}[store]\nurl = \"mysql://db/herald\"\n{MINIMAL}"), 2, "store.url"),
         (format!("{listen}[apps.a]\nkind = \"carrier-pigeon\"\n"), 2, "carrier-pigeon"),
         // Runtime (1): the store cannot be opened.
         (

@@ -91,7 +91,11 @@ async fn unusable_store_fails_start() {
 async fn expired_entries_are_pruned_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/herald.db", dir.path().display());
-    let options = SqliteStoreOptions { ttl: Duration::from_secs(3600), max_batch: 64 };
+    let options = SqliteStoreOptions {
+        ttl: Duration::from_secs(3600),
+        max_batch: 64,
+        dead_token_ttl: Duration::from_secs(3600),
+    };
     let store = SqliteStore::open(&url, options.clone()).await.unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let old: Vec<_> = (0..100).map(|i| DedupKey::new(&format!("$old{i}"), APP, "k")).collect();
@@ -141,7 +145,11 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let url = format!("sqlite://{}/herald.db", dir.path().display());
     let store = SqliteStore::open(
         &url,
-        SqliteStoreOptions { ttl: Duration::from_secs(3600), max_batch: 8 },
+        SqliteStoreOptions {
+            ttl: Duration::from_secs(3600),
+            max_batch: 8,
+            dead_token_ttl: Duration::from_secs(3600),
+        },
     )
     .await
     .unwrap();
@@ -262,7 +270,11 @@ async fn shutdown_waits_for_deliveries_whose_client_hung_up() {
     let errors: Vec<_> = logs.lines().into_iter().filter(|l| l["level"] == "ERROR").collect();
     assert!(errors.is_empty(), "{errors:?}");
     let url = format!("sqlite://{}/herald.db", dir.path().display());
-    let options = SqliteStoreOptions { ttl: Duration::from_secs(3600), max_batch: 8 };
+    let options = SqliteStoreOptions {
+        ttl: Duration::from_secs(3600),
+        max_batch: 8,
+        dead_token_ttl: Duration::from_secs(3600),
+    };
     let store = SqliteStore::open(&url, options).await.unwrap();
     let key = DedupKey::new("$hung-up", "com.example.gated", "k");
     assert!(store.was_delivered(&key).await.unwrap(), "the delivery was not recorded");
@@ -299,7 +311,11 @@ impl DedupStore for Faulty {
 
 async fn faulty(dir: &std::path::Path, panic_on_prune: bool) -> Arc<Faulty> {
     let url = format!("sqlite://{}/herald.db", dir.display());
-    let options = SqliteStoreOptions { ttl: Duration::from_secs(3600), max_batch: 8 };
+    let options = SqliteStoreOptions {
+        ttl: Duration::from_secs(3600),
+        max_batch: 8,
+        dead_token_ttl: Duration::from_secs(3600),
+    };
     let inner = SqliteStore::open(&url, options).await.unwrap();
     Arc::new(Faulty { inner, panic_on_prune, fail: tokio::sync::Notify::new() })
 }

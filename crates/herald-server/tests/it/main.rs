@@ -24,10 +24,14 @@ mod leniency;
 mod lifecycle;
 mod limits;
 mod observability;
+#[cfg(feature = "postgres")]
+mod postgres;
 // Through each compiled-in backend that talks to an upstream (`log` has none to test against).
 #[cfg(any(feature = "webpush", feature = "apns", feature = "fcm", feature = "email"))]
 mod send_test;
 mod store;
+#[cfg(feature = "postgres")]
+mod store_contract;
 mod systemd_unit;
 #[cfg(feature = "webpush")]
 mod webpush;

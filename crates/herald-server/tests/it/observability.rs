@@ -173,7 +173,11 @@ async fn not_ready_when_the_store_is_closed_and_health_stays_ok() {
     let (logs, _guard) = capture_logs();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/herald.db", dir.path().display());
-    let options = SqliteStoreOptions { ttl: Duration::from_secs(3600), max_batch: 8 };
+    let options = SqliteStoreOptions {
+        ttl: Duration::from_secs(3600),
+        max_batch: 8,
+        dead_token_ttl: Duration::ZERO,
+    };
     let store = std::sync::Arc::new(SqliteStore::open(&url, options).await.unwrap());
     let registry = crate::common::registry(&herald_testkit::scripted::ScriptedBackend::new());
     let server =

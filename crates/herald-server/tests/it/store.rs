@@ -29,7 +29,11 @@ async fn wal_stays_bounded_under_sustained_load() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("herald.db");
     let wal = dir.path().join("herald.db-wal");
-    let options = SqliteStoreOptions { ttl: Duration::from_secs(3600), max_batch: 512 };
+    let options = SqliteStoreOptions {
+        ttl: Duration::from_secs(3600),
+        max_batch: 512,
+        dead_token_ttl: Duration::from_secs(3600),
+    };
     let store =
         Arc::new(SqliteStore::open(&format!("sqlite://{}", db.display()), options).await.unwrap());
 

@@ -271,8 +271,16 @@ mod tests {
         prune_chunk: i64,
     ) -> (SqliteStore, Writer) {
         let url = format!("sqlite://{}/dedup.db", dir.path().display());
-        let store =
-            SqliteStore::open(&url, SqliteStoreOptions { ttl: TTL, max_batch: 64 }).await.unwrap();
+        let store = SqliteStore::open(
+            &url,
+            SqliteStoreOptions {
+                ttl: TTL,
+                max_batch: 64,
+                dead_token_ttl: Duration::from_secs(3600),
+            },
+        )
+        .await
+        .unwrap();
         let keys: Vec<_> =
             (0..expired).map(|i| DedupKey::new("$old", "app", &i.to_string())).collect();
         store.insert_at(&keys, unix_now() - 2 * TTL.as_secs() as i64).await.unwrap();
