@@ -287,7 +287,10 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        // Absolute, so that a path resolved against it stays the same however often it is
+        // resolved again (a relative base joined twice would nest: `configs/configs/…`).
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
         Self::from_toml(&text, std::env::vars(), dir)
             .map_err(|e| ConfigError::InFile { path: path.to_path_buf(), source: Box::new(e) })
     }

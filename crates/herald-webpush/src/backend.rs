@@ -171,10 +171,10 @@ fn load_vapid(
     create_if_missing: bool,
     subject: String,
 ) -> Result<(Vapid, bool), BuildError> {
+    // Resolved once against the configuration's directory; absolute from here on.
     let Some(key_path) = source.file_path(&app.config_dir) else {
         return Ok((Vapid::load(source, &app.config_dir, subject)?, false));
     };
-    let key_path = app.resolve_path(&key_path);
     if create_if_missing && !key_path.exists() {
         if app.check_only {
             check_creatable(&key_path)?;

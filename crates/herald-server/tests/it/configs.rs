@@ -48,3 +48,31 @@ fn quickstart_config_builds_and_creates_its_key() {
     assert_eq!(builds(&config), 2);
     assert!(dir.path().join("data/vapid.pem").exists(), "key created next to the store");
 }
+
+/// The README's first command, as a new user runs it: a relative `--config` from the checkout.
+/// Paths in the file resolve against its directory exactly once (a relative base resolved twice
+/// once nested into `configs/configs/…` and the WebPush app could not read the key it created).
+#[tokio::test]
+async fn quickstart_with_a_relative_config_path_creates_and_reads_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("configs")).unwrap();
+    std::fs::copy(repo_file("configs/quickstart.toml"), dir.path().join("configs/quickstart.toml"))
+        .unwrap();
+    // Builds the WebPush app (creating its key) and sends to a pusher without a subscription.
+    let run = crate::herald_cli::herald(
+        [
+            "send-test",
+            "--config",
+            "configs/quickstart.toml",
+            "--app",
+            "org.example.web",
+            "--pushkey",
+            "not-a-subscription",
+        ],
+        dir.path(),
+    )
+    .await;
+    assert_ne!(run.code, 2, "the app must build: {}", run.said());
+    assert!(dir.path().join("data/vapid.pem").is_file(), "{}", run.said());
+    assert!(!dir.path().join("configs/configs").exists(), "{}", run.said());
+}
