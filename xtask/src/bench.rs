@@ -905,9 +905,9 @@ impl<'a> ScenarioUpstream<'a> {
     fn pushes(&self) -> Result<u64, String> {
         match self {
             ScenarioUpstream::Shared(upstream) => upstream.pushes(),
-            ScenarioUpstream::Fcm(fcm) => fcm.pushes(),
-            ScenarioUpstream::Email(sink) => sink.pushes(),
-            ScenarioUpstream::Apns(apns) => apns.pushes(),
+            ScenarioUpstream::Fcm(fcm) => fcm.stats.pushes(),
+            ScenarioUpstream::Email(sink) => sink.stats.pushes(),
+            ScenarioUpstream::Apns(apns) => apns.stats.pushes(),
         }
     }
 
@@ -1008,29 +1008,38 @@ allowed_endpoints = ["127.0.0.1:*"]
     )
 }
 
+/// The stats server of a scenario's own fake (`GET /stats`: JSON with at least `pushes`).
+struct Stats {
+    /// The fake's program, for messages.
+    name: &'static str,
+    addr: SocketAddr,
+}
+
+impl Stats {
+    fn get(&self) -> Result<Value, String> {
+        let (_, body) = procs::http_get(self.addr, "/stats")?;
+        serde_json::from_str(&body).map_err(|e| format!("{} stats: {e}", self.name))
+    }
+
+    /// What the fake accepted (pushes, messages, mails).
+    fn pushes(&self) -> Result<u64, String> {
+        self.get()?["pushes"].as_u64().ok_or_else(|| format!("{} stats without pushes", self.name))
+    }
+}
+
 /// The running fake FCM of the fcm scenario (`bench_fcm`).
 struct FakeFcm {
     proc: Proc,
     /// Its stats server.
-    addr: SocketAddr,
+    stats: Stats,
     /// FCM's base URL.
     endpoint: String,
 }
 
 impl FakeFcm {
-    fn stats(&self) -> Result<Value, String> {
-        let (_, body) = procs::http_get(self.addr, "/stats")?;
-        serde_json::from_str(&body).map_err(|e| format!("bench_fcm stats: {e}"))
-    }
-
-    /// Messages FCM accepted.
-    fn pushes(&self) -> Result<u64, String> {
-        self.stats()?["pushes"].as_u64().ok_or_else(|| "bench_fcm stats without pushes".into())
-    }
-
     /// Every message passed FCM's checks, over one connection, with one token fetched.
     fn check(&self) -> Result<(), String> {
-        let stats = self.stats()?;
+        let stats = self.stats.get()?;
         let n = |k: &str| stats[k].as_u64().unwrap_or(u64::MAX);
         if n("rejected") != 0 || n("token_grants") != 1 || n("connections") != 1 {
             return Err(format!(
@@ -1060,7 +1069,7 @@ fn start_fcm(bench: &Bench, dir: &Path) -> Result<FakeFcm, String> {
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| format!("bench_fcm said {line:?}"))?;
-    Ok(FakeFcm { proc, addr, endpoint })
+    Ok(FakeFcm { proc, stats: Stats { name: "bench_fcm", addr }, endpoint })
 }
 
 /// An FCM app for the benchmark's app_id; `bench_fcm` wrote the CA and the service account to
@@ -1100,28 +1109,16 @@ const EMAIL_CONNECTIONS: u64 = 16;
 struct SmtpSink {
     proc: Proc,
     /// Its stats server.
-    addr: SocketAddr,
+    stats: Stats,
     /// Its SMTP port.
     smtp: SocketAddr,
 }
 
 impl SmtpSink {
-    fn stats(&self) -> Result<Value, String> {
-        let (_, body) = procs::http_get(self.addr, "/stats")?;
-        serde_json::from_str(&body).map_err(|e| format!("bench_smtp_sink stats: {e}"))
-    }
-
-    /// Mails the sink accepted.
-    fn pushes(&self) -> Result<u64, String> {
-        self.stats()?["pushes"]
-            .as_u64()
-            .ok_or_else(|| "bench_smtp_sink stats without pushes".into())
-    }
-
     /// The pool held: connections were reused (at most `max_connections`, plus one per 100 mails
     /// for `max_messages_per_connection`).
     fn check(&self) -> Result<(), String> {
-        let stats = self.stats()?;
+        let stats = self.stats.get()?;
         let (connections, pushes) = (
             stats["connections"].as_u64().unwrap_or(u64::MAX),
             stats["pushes"].as_u64().unwrap_or(0),
@@ -1148,7 +1145,11 @@ fn start_sink(bench: &Bench) -> Result<SmtpSink, String> {
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| format!("bench_smtp_sink said {line:?}"))
     };
-    Ok(SmtpSink { addr: addr("addr")?, smtp: addr("smtp")?, proc })
+    Ok(SmtpSink {
+        stats: Stats { name: "bench_smtp_sink", addr: addr("addr")? },
+        smtp: addr("smtp")?,
+        proc,
+    })
 }
 
 /// An email app for the benchmark's app_id, mailing the sink over plain SMTP (loopback), with
@@ -1186,7 +1187,7 @@ const APNS_PUSHKEY: &str = "oKGio6SlpqeoqaqrrK2ur7CxsrO0tba3uLm6u7y9vr8=";
 struct FakeApns {
     proc: Proc,
     /// Its stats server.
-    addr: SocketAddr,
+    stats: Stats,
     /// The fake's base URL.
     endpoint: String,
     /// The provider token's key id and team id, and the app's topic.
@@ -1196,20 +1197,10 @@ struct FakeApns {
 }
 
 impl FakeApns {
-    fn stats(&self) -> Result<Value, String> {
-        let (_, body) = procs::http_get(self.addr, "/stats")?;
-        serde_json::from_str(&body).map_err(|e| format!("bench_apns stats: {e}"))
-    }
-
-    /// Notifications APNs accepted.
-    fn pushes(&self) -> Result<u64, String> {
-        self.stats()?["pushes"].as_u64().ok_or_else(|| "bench_apns stats without pushes".into())
-    }
-
     /// Every notification passed APNs's checks, all as streams of one HTTP/2 connection (64 in
     /// flight at most, far below the fake's `MAX_CONCURRENT_STREAMS` of 1000).
     fn check(&self) -> Result<(), String> {
-        let stats = self.stats()?;
+        let stats = self.stats.get()?;
         let n = |k: &str| stats[k].as_u64().unwrap_or(u64::MAX);
         if n("rejected") != 0 || n("connections") != 1 {
             return Err(format!(
@@ -1236,7 +1227,7 @@ fn start_apns(bench: &Bench, dir: &Path) -> Result<FakeApns, String> {
     };
     let addr = text("addr")?.parse().map_err(|e| format!("bench_apns address: {e}"))?;
     Ok(FakeApns {
-        addr,
+        stats: Stats { name: "bench_apns", addr },
         endpoint: text("endpoint")?,
         key_id: text("key_id")?,
         team_id: text("team_id")?,
