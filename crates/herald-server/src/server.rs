@@ -93,6 +93,7 @@ pub struct Server {
     state: Arc<AppState>,
     config: ServerConfig,
     pruner: JoinHandle<()>,
+    stop_pruner: tokio_util::sync::CancellationToken,
     connections: Connections,
     /// `server.metrics_listen`, bound; served from `run`.
     metrics_listener: Option<TcpListener>,
@@ -306,13 +307,19 @@ impl Server {
             ),
             None => None,
         };
-        let pruner = tokio::spawn(prune_periodically(store, config.store.prune_interval));
+        let stop_pruner = tokio_util::sync::CancellationToken::new();
+        let pruner = tokio::spawn(prune_periodically(
+            store,
+            config.store.prune_interval,
+            stop_pruner.clone(),
+        ));
         Ok(Server {
             listener,
             router: router(state.clone()),
             state,
             config: config.server.clone(),
             pruner,
+            stop_pruner,
             connections,
             metrics_listener,
         })
@@ -374,7 +381,6 @@ impl Server {
         let failure = std::sync::OnceLock::new();
         let store = self.state.dispatcher.store().clone();
         let pruner = self.pruner;
-        let stop_pruner = pruner.abort_handle();
         let shutdown = async {
             let why = tokio::select! {
                 () = shutdown => return,
@@ -479,7 +485,9 @@ impl Server {
                 "grace period over with deliveries still running; their records may fail"
             );
         }
-        stop_pruner.abort();
+        // Between two passes: a pass cancelled inside a store query can cost the store a pool
+        // connection (see `store::close_pool`). One still running is waited for by the close.
+        self.stop_pruner.cancel();
         // Upstream connections go after the deliveries that used them (HTTP/2 GOAWAY, SMTP QUIT).
         let closing = self.state.dispatcher.apps().map(|app| app.backend.close());
         if tokio::time::timeout(CLOSE_BACKENDS, futures_util::future::join_all(closing))
@@ -526,11 +534,18 @@ fn open_connections(config: &Config, metrics: &Metrics) -> Connections {
     Connections::new(max, metrics.connections.clone())
 }
 
-async fn prune_periodically(store: Arc<dyn DedupStore>, every: std::time::Duration) {
+async fn prune_periodically(
+    store: Arc<dyn DedupStore>,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
         match store.prune_expired().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "pruned expired dedup entries"),

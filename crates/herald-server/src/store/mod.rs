@@ -236,6 +236,20 @@ pub trait DedupStore: Send + Sync + 'static {
     }
 }
 
+/// How long closing a store's pool may wait for connections still checked out.
+const CLOSE_POOL: Duration = Duration::from_secs(5);
+
+/// Closes `pool`, waiting at most [`CLOSE_POOL`] for connections still checked out: a connection
+/// sqlx never gets back (a query cancelled at the wrong moment) must not hang shutdown.
+pub(crate) async fn close_pool<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
+    if tokio::time::timeout(CLOSE_POOL, pool.close()).await.is_err() {
+        tracing::warn!(
+            checked_out = pool.size().saturating_sub(u32::try_from(pool.num_idle()).unwrap_or(0)),
+            "closing the dedup store: connections still in use after {CLOSE_POOL:?}; leaving them"
+        );
+    }
+}
+
 /// Whether the background tasks are still doing their job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Health {

@@ -793,6 +793,6 @@ impl DedupStore for PostgresStore {
         for task in self.tasks.lock().await.drain(..) {
             let _ = task.await;
         }
-        self.shared.pool().close().await;
+        super::close_pool(&self.shared.pool()).await;
     }
 }

@@ -38,7 +38,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
-use tokio::task::{AbortHandle, JoinHandle};
+#[cfg(test)]
+use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 
 use super::{
     millis, supervise, unix_now, unix_now_ms, ClaimState, DedupKey, DedupStore, Health, StoreError,
@@ -99,6 +101,8 @@ pub struct SqliteStore {
     writer: mpsc::Sender<WriteCommand>,
     /// The reader's, the writer's and the checkpointer's supervisors, awaited on close.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Lets tests end the checkpointer as a crash would; `close` stops it between passes instead.
+    #[cfg(test)]
     checkpointer: AbortHandle,
     health: watch::Sender<Health>,
     wal_path: PathBuf,
@@ -215,7 +219,9 @@ impl SqliteStore {
         // any descriptor of the file drops this process's POSIX locks on it, SQLite's included,
         // so it must not be opened and closed per use.
         let db_file = std::fs::File::open(&file).ok().map(Arc::new);
-        let checkpointer_task = run_checkpointer(pool.clone(), page_size, db_file, coordination);
+        let checkpointer_task =
+            run_checkpointer(pool.clone(), page_size, db_file, coordination, health.subscribe());
+        #[cfg_attr(not(test), allow(unused_variables))]
         let (checkpoint_task, checkpointer) =
             supervise("checkpointer", checkpointer_task, health.clone());
         Ok(SqliteStore {
@@ -223,6 +229,7 @@ impl SqliteStore {
             reader,
             writer,
             tasks: Mutex::new(vec![read_task, write_task, checkpoint_task]),
+            #[cfg(test)]
             checkpointer,
             health,
             wal_path,
@@ -467,14 +474,16 @@ impl DedupStore for SqliteStore {
         });
         let _ = self.reader.send(ReadCommand::Shutdown).await;
         let _ = self.writer.send(WriteCommand::Shutdown).await;
-        self.checkpointer.abort();
+        // The checkpointer sees `Closing` and stops between two passes. Aborting it instead could
+        // cancel it inside a pool query, and sqlx then never gets the pool's one connection back:
+        // the final checkpoint timed out and `pool.close()` waited forever (a hung shutdown).
         for task in self.tasks.lock().await.drain(..) {
             let _ = task.await;
         }
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await {
             tracing::warn!(error = %e, "final checkpoint of the dedup store failed");
         }
-        self.pool.close().await;
+        super::close_pool(&self.pool).await;
     }
 }
 
@@ -539,11 +548,16 @@ async fn run_checkpointer(
     page_size: u64,
     db_file: Option<Arc<std::fs::File>>,
     coordination: Arc<Coordination>,
+    mut health: watch::Receiver<Health>,
 ) {
     let mut ticker = tokio::time::interval(CHECKPOINT_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        // Stops only here, between passes, never inside a query (see `close`).
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = health.wait_for(|h| *h != Health::Running) => return,
+        }
         let pass = {
             let _checkpoint = coordination.checkpoint.lock().await;
             sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
@@ -739,6 +753,17 @@ mod tests {
         assert_eq!(store.row_count().await.unwrap(), 1);
         assert!(store.was_delivered(&fresh).await.unwrap());
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_never_comes_back_does_not_hang_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        // What a query cancelled at the wrong moment can do to sqlx's pool.
+        std::mem::forget(store.pool.acquire().await.unwrap());
+        // The final checkpoint waits out the acquire timeout (5 s), the pool close its own (5 s).
+        tokio::time::timeout(Duration::from_secs(15), store.close()).await.expect("close hung");
+        assert_eq!(*store.health.borrow(), Health::Closing, "the tasks stopped as asked");
     }
 
     #[tokio::test]
