@@ -9,6 +9,10 @@
 //! A record that fails is retried while the claim's lease lasts (the store may be restarting),
 //! so a delivery acknowledged during a short outage is still deduplicated everywhere afterwards.
 //!
+//! The app table can be replaced while serving ([`Dispatcher::replace_apps`], a configuration
+//! reload): each request routes all its devices through the table it started with, so requests
+//! in flight finish on the apps they began on.
+//!
 //! Work in flight is bounded twice, so a burst of big requests cannot take unbounded memory: one
 //! request runs at most `delivery.max_in_flight_devices_per_request` devices at a time (the others
 //! are not even created yet), and all requests together at most `delivery.max_in_flight_devices`
@@ -17,6 +21,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use herald_core::redact::PushkeyHash;
 use herald_core::{AppRouter, Device, ErrorClass, MessageId, Notification, Outcome};
@@ -128,7 +133,7 @@ impl Default for DispatchLimits {
 
 /// Routes and delivers notifications; shared by all requests.
 pub struct Dispatcher {
-    router: AppRouter<Arc<App>>,
+    router: ArcSwap<AppRouter<Arc<App>>>,
     store: Arc<dyn DedupStore>,
     claims: Claims,
     delivery: DeliveryLayer,
@@ -156,7 +161,7 @@ impl Dispatcher {
     ) -> Self {
         let limits = DispatchLimits::default();
         Dispatcher {
-            router,
+            router: ArcSwap::from_pointee(router),
             store,
             claims: Claims::default(),
             delivery,
@@ -189,9 +194,16 @@ impl Dispatcher {
         self
     }
 
-    /// Every configured app.
-    pub fn apps(&self) -> impl Iterator<Item = &Arc<App>> {
-        self.router.iter().map(|(_, app)| app)
+    /// The apps serving new requests now.
+    pub fn apps(&self) -> Vec<Arc<App>> {
+        self.router.load().iter().map(|(_, app)| app.clone()).collect()
+    }
+
+    /// Serves new requests with `apps` from now on; requests in flight finish on the apps they
+    /// started with. Returns the table replaced: it is no longer in use once its count of
+    /// holders ([`Arc::strong_count`]) is down to the caller's one.
+    pub fn replace_apps(&self, apps: AppRouter<Arc<App>>) -> Arc<AppRouter<Arc<App>>> {
+        self.router.swap(Arc::new(apps))
     }
 
     /// The dedup store.
@@ -215,9 +227,12 @@ impl Dispatcher {
             }
         };
         let mut rejected = Vec::new();
+        // One table for the whole request, held until it is answered (see the module docs).
+        let apps = self.router.load_full();
+        let apps = &*apps;
         if let [device] = devices.as_slice() {
             // Synapse's case: one device per request; no stream machinery.
-            let result = self.device(notification, device, deadline).await;
+            let result = self.device(apps, notification, device, deadline).await;
             merge(&result);
             if matches!(result, DeviceResult::Rejected | DeviceResult::RejectedCached) {
                 rejected.push(device.pushkey.clone());
@@ -229,7 +244,9 @@ impl Dispatcher {
             // Indices, not `&Device`s, into the closure: a reference argument makes the future
             // generic over its lifetime, which `tokio::spawn`'s `Send` check cannot prove.
             let mut results = futures_util::stream::iter(0..devices.len())
-                .map(|i| async move { (i, self.device(notification, &devices[i], deadline).await) })
+                .map(|i| async move {
+                    (i, self.device(apps, notification, &devices[i], deadline).await)
+                })
                 .buffer_unordered(self.per_request);
             while let Some((i, result)) = results.next().await {
                 merge(&result);
@@ -266,8 +283,14 @@ impl Dispatcher {
         (Instant::now() < deadline).then_some(permit)
     }
 
-    async fn device(&self, n: &Notification, device: &Device, deadline: Instant) -> DeviceResult {
-        let Some(app) = self.router.route(&device.app_id) else {
+    async fn device(
+        &self,
+        apps: &AppRouter<Arc<App>>,
+        n: &Notification,
+        device: &Device,
+        deadline: Instant,
+    ) -> DeviceResult {
+        let Some(app) = apps.route(&device.app_id) else {
             self.unknown_app.count("rejected");
             tracing::info!(
                 app_id = %device.app_id,

@@ -212,7 +212,7 @@ async fn health() -> Response {
 /// Readiness: 200 when the store answers within [`READY_STORE_TIMEOUT`]. Every app is built by
 /// then: the server does not start when one cannot be (exit 2), so a serving server has them all.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    let apps = state.dispatcher.apps().count();
+    let apps = state.dispatcher.apps().len();
     let pinged = tokio::time::timeout(READY_STORE_TIMEOUT, state.dispatcher.store().ping()).await;
     // The body names what is not ready but not why in detail (an error can carry a file path, and
     // the notify port may be public): the WARN line has the whole story.

@@ -6,11 +6,12 @@
 //! `service_account_file`, `fcm_options`, `max_connections`) and `webpush`
 //! (`vapid_private_key`, `vapid_contact_email`, `ttl`, `max_connections`) — with
 //! `inflight_request_limit`, the outbound `proxy` (written into every app, as Sygnal used it for
-//! every app) and the root log level.
+//! every app), the root log level and the Prometheus listener (`metrics.prometheus`, as
+//! `server.metrics_listen`).
 //!
 //! What Herald has no equivalent for (the legacy GCM API, custom `module.Class` pushkins,
 //! OpenTracing/Jaeger, Sentry, Python logging handlers, WebPush's `allowed_endpoints` list of
-//! the only push services to reach, a separate Prometheus listener, unknown keys) is returned as
+//! the only push services to reach, unknown keys) is returned as
 //! notes, which the output repeats as `#` comments; notes never quote a secret's value (API keys,
 //! a proxy's password, a Sentry DSN). A Sygnal file that Sygnal itself would refuse (an unknown
 //! app `type`, a token-auth app without `key_id`, …) or that is not YAML is an error naming the
@@ -260,6 +261,8 @@ impl AppOut {
 #[derive(Default)]
 struct Importer {
     listen: Option<SocketAddr>,
+    /// Sygnal's Prometheus listener, as `server.metrics_listen`.
+    metrics_listen: Option<SocketAddr>,
     log_level: Option<&'static str>,
     proxy: Option<String>,
     apps: Vec<AppOut>,
@@ -433,12 +436,25 @@ impl Importer {
                     let address = section.string("address")?.unwrap_or_else(|| "127.0.0.1".into());
                     let port = section.integer("port")?.unwrap_or(8000);
                     if enabled {
-                        self.notes.push(format!(
-                            "`metrics.prometheus`: Sygnal served metrics on a listener of its own \
-                             ({}:{port}); Herald serves them at /metrics on `server.listen`, named \
-                             herald_* instead of sygnal_*: update the scrape job and dashboards",
-                            shown(&address)
-                        ));
+                        let addr = format!("{address}:{port}");
+                        let bracketed = format!("[{address}]:{port}");
+                        match addr.parse().or_else(|_| bracketed.parse()) {
+                            Ok(addr) => {
+                                self.metrics_listen = Some(addr);
+                                self.notes.push(
+                                    "`metrics.prometheus`: carried over as `server.metrics_listen`; \
+                                     the metrics are named herald_* instead of sygnal_*: update \
+                                     dashboards and alerts"
+                                        .into(),
+                                );
+                            }
+                            Err(_) => self.notes.push(format!(
+                                "`metrics.prometheus`: the address {}:{port} is not an IP address \
+                                 and port; not carried over: Herald serves /metrics on \
+                                 `server.listen` unless `server.metrics_listen` is set",
+                                shown(&address)
+                            )),
+                        }
                     }
                 }
                 "opentracing" if enabled => self.notes.push(
@@ -848,8 +864,20 @@ impl Importer {
         for comment in &self.server_comments {
             line(&mut text, &format!("# {}", shown(comment)));
         }
-        line(&mut text, "# Metrics: GET /metrics on this address.");
         line(&mut text, &format!("listen = {}", toml::Value::String(listen.to_string())));
+        match self.metrics_listen {
+            Some(metrics) => {
+                line(
+                    &mut text,
+                    "# GET /metrics, on a listener of its own (Sygnal's Prometheus one).",
+                );
+                line(
+                    &mut text,
+                    &format!("metrics_listen = {}", toml::Value::String(metrics.to_string())),
+                );
+            }
+            None => line(&mut text, "# Metrics: GET /metrics on `listen`."),
+        }
         if let Some(level) = self.log_level {
             line(&mut text, "");
             line(&mut text, "[log]");

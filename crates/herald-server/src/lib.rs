@@ -4,7 +4,7 @@
 //! rejects get their JSON body from [`protocol_errors`]) → [`dispatch`] routes each
 //! device by app_id and claims it ([`claims`], [`store`]) → [`delivery`] calls the backend with
 //! deadline, retries and caps → [`dispatch`] records and answers. [`config`], [`registry`] and
-//! [`server`] assemble it; [`metrics`] and [`telemetry`] observe it; [`memory`] returns free heap
+//! [`server`] assemble it, [`reload`] swaps the apps while serving; [`metrics`] and [`telemetry`] observe it; [`memory`] returns free heap
 //! memory to the system after bursts. [`import_sygnal`] and [`send_test`] are the operator
 //! commands `herald import-sygnal` and `herald send-test`.
 
@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod metrics_listener;
 pub mod protocol_errors;
 pub mod registry;
+pub mod reload;
 pub mod send_test;
 pub mod server;
 pub mod store;

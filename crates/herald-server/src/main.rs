@@ -1,4 +1,4 @@
-//! The `herald` command line: `serve`, `check-config`, `vapid-keygen`, `import-sygnal`,
+//! The `herald` command line: `serve`, `check-config`, `reload`, `vapid-keygen`, `import-sygnal`,
 //! `send-test`.
 //!
 //! Exit codes (docs/operations.md): 0 after a clean shutdown or a valid configuration; 2 when the
@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use herald_server::{BackendRegistry, Config, Server};
@@ -39,6 +40,14 @@ enum Command {
     /// and check that the store can be opened; exit 0, 2 (configuration) or 1 (store).
     CheckConfig {
         /// Configuration file (TOML).
+        #[arg(short, long, env = "HERALD_CONFIG")]
+        config: PathBuf,
+    },
+    /// Make the running server re-read its configuration (as SIGHUP does): check the file first,
+    /// signal the server whose pid is in <data_dir>/herald.pid and wait for its verdict.
+    /// Exit 0 reloaded, 2 the file is invalid (nothing sent), 1 refused or no server running.
+    Reload {
+        /// Configuration file (TOML): the one the server runs with.
         #[arg(short, long, env = "HERALD_CONFIG")]
         config: PathBuf,
     },
@@ -96,6 +105,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config } => serve(&config).await,
             Command::CheckConfig { config } => check_config(&config).await,
+            Command::Reload { config } => reload(&config).await,
             #[cfg(feature = "webpush")]
             Command::VapidKeygen { out } => vapid_keygen(&out),
             Command::ImportSygnal { sygnal_yaml, out } => {
@@ -124,7 +134,10 @@ async fn serve(path: &std::path::Path) -> ExitCode {
     };
     herald_server::telemetry::init(&config.log);
     config.log_ignored_env();
-    let server = match Server::bind(&config, &BackendRegistry::compiled()).await {
+    // Caught from here on: SIGHUP's default action would end the process.
+    let hangups = hangups();
+    let registry = Arc::new(BackendRegistry::compiled());
+    let server = match Server::bind(&config, &registry).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot start: {e}");
@@ -132,7 +145,18 @@ async fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
-    match server.run(shutdown_signal()).await {
+    let reloader = server.reloader(std::path::absolute(path).unwrap_or(path.into()), registry);
+    tokio::spawn(reload_on_hangup(hangups, reloader));
+    let pid_file = match herald_server::reload::PidFile::create(&config.data_dir) {
+        Ok(file) => Some(file),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot write the pid file: `herald reload` cannot find this server (SIGHUP still works)");
+            None
+        }
+    };
+    let result = server.run(shutdown_signal()).await;
+    drop(pid_file);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Logged at ERROR when it happened; this line is for whoever reads the exit status.
@@ -166,6 +190,64 @@ async fn check_config(path: &std::path::Path) -> ExitCode {
     };
     eprintln!("herald: {} is valid ({apps} apps; store {store})", path.display());
     ExitCode::SUCCESS
+}
+
+/// Checks the file as `check-config` does (without the store: a store change needs a restart
+/// anyway), then asks the running server to reload it.
+async fn reload(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = herald_server::server::check_apps(&config, &BackendRegistry::compiled()).await {
+        eprintln!("herald: invalid configuration, nothing reloaded: {e}");
+        return ExitCode::from(e.exit_code());
+    }
+    use herald_server::reload::ReloadOutcome;
+    match herald_server::reload::request_reload(&config).await {
+        Ok((pid, ReloadOutcome::Reloaded)) => {
+            eprintln!("herald: pid {pid} reloaded {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Ok((pid, ReloadOutcome::Refused)) => {
+            eprintln!("herald: pid {pid} refused the configuration; its log says why");
+            ExitCode::FAILURE
+        }
+        Ok((pid, ReloadOutcome::Signalled)) => {
+            eprintln!(
+                "herald: sent SIGHUP to pid {pid}, but its metrics could not be read to confirm; \
+                 its log says whether the configuration was reloaded"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald: reload: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGHUP, from now on (`None` where there is no such signal).
+fn hangups() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot catch SIGHUP: reloading is not available");
+            None
+        }
+    }
+}
+
+/// Reloads the configuration on every SIGHUP (one at a time; the reloader logs the outcome).
+async fn reload_on_hangup(
+    hangups: Option<tokio::signal::unix::Signal>,
+    reloader: herald_server::reload::Reloader,
+) {
+    let Some(mut hangups) = hangups else { return };
+    while hangups.recv().await.is_some() {
+        tracing::info!(file = %reloader.path().display(), "SIGHUP received: reloading the configuration");
+        let _ = reloader.reload().await;
+    }
 }
 
 /// Imports a Sygnal configuration: the TOML to `out` (or stdout), the notes to stderr.

@@ -2,7 +2,9 @@
 //!
 //! Each server instance owns its registry (no global recorder), so tests can run several servers in
 //! one process. Per-app counters are resolved once at start-up into [`AppMetrics`], keeping label
-//! hashing and allocation off the request path.
+//! hashing and allocation off the request path. Backends register their own metrics into a
+//! registry per app ([`BackendMetricSet`]), replaced as a whole when a reload rebuilds the apps: a
+//! prometheus-client registry cannot unregister, and a rebuilt app must not show twice.
 
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
@@ -11,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use herald_core::sync::lock;
@@ -77,8 +79,12 @@ fn status_label(status: u16) -> String {
 
 /// All of one server's metrics.
 pub struct Metrics {
-    /// Shared with backends, which register their own metrics at build time.
     registry: Arc<Mutex<Registry>>,
+    /// The backends' own metrics, one registry per app of the apps serving now.
+    backends: Mutex<BTreeMap<String, Arc<Mutex<Registry>>>>,
+    /// `herald_config_reloads_total{result}` and `herald_config_last_reload_successful`.
+    reloads: Family<Labels, Counter>,
+    last_reload_ok: Gauge,
     requests: Family<Labels, Counter>,
     /// The notify route's counters, resolved once: it is the only busy route.
     notify_by_status: Vec<Counter>,
@@ -116,6 +122,20 @@ pub const OUTCOMES: [&str; 11] = [
     "failed_store",
     "failed_overloaded",
 ];
+
+/// The registries the backends of one set of apps register their metrics in, one per app;
+/// [`Metrics::install_backends`] serves them once those apps serve.
+#[derive(Default)]
+pub struct BackendMetricSet(BTreeMap<String, Arc<Mutex<Registry>>>);
+
+impl BackendMetricSet {
+    /// Where the backend of app `app` registers its metrics (labelled `app`).
+    pub fn app(&mut self, app: &str) -> herald_core::BackendMetrics {
+        let registry = Arc::new(Mutex::new(Registry::with_prefix("herald")));
+        self.0.insert(app.to_owned(), registry.clone());
+        herald_core::BackendMetrics::new(registry, app)
+    }
+}
 
 /// Pre-resolved handles for one app.
 #[derive(Clone)]
@@ -250,6 +270,19 @@ impl Metrics {
         let in_flight = Gauge::default();
         registry.register("in_flight_requests", "Notify requests in progress", in_flight.clone());
         let connections = ConnectionMetrics::register(&mut registry);
+        let reloads = Family::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) by result: success or failure",
+            reloads.clone(),
+        );
+        let last_reload_ok = Gauge::default();
+        last_reload_ok.set(1);
+        registry.register(
+            "config_last_reload_successful",
+            "1 when the configuration in force is the file's (start-up or last reload succeeded)",
+            last_reload_ok.clone(),
+        );
         let mut process = Registry::default();
         if let Err(e) =
             kubert_prometheus_process::register(process.sub_registry_with_prefix("process"))
@@ -259,6 +292,9 @@ impl Metrics {
         }
         Metrics {
             registry: Arc::new(Mutex::new(registry)),
+            backends: Mutex::default(),
+            reloads,
+            last_reload_ok,
             requests,
             notify_by_status,
             notify_other,
@@ -337,9 +373,25 @@ impl Metrics {
         }
     }
 
-    /// Where the backend of app `app` registers its own metrics.
+    /// Where the backend of app `app` registers its own metrics, served at once (replacing those
+    /// of an app of that name). Builds of a whole set of apps use [`BackendMetricSet`] instead.
     pub fn backend(&self, app: &str) -> herald_core::BackendMetrics {
-        herald_core::BackendMetrics::new(self.registry.clone(), app)
+        let mut set = BackendMetricSet::default();
+        let metrics = set.app(app);
+        lock(&self.backends).extend(set.0);
+        metrics
+    }
+
+    /// Serves `set` as the backends' metrics from now on, dropping those of the apps before.
+    pub fn install_backends(&self, set: BackendMetricSet) {
+        *lock(&self.backends) = set.0;
+    }
+
+    /// Counts a configuration reload.
+    pub fn reloaded(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&vec![("result", result.to_owned())]).inc();
+        self.last_reload_ok.set(i64::from(ok));
     }
 
     /// Notify requests answered so far, whatever the status.
@@ -351,10 +403,12 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8192);
         // Writing to a String cannot fail.
-        let registry = lock(&self.registry);
-        let _ = encode_registry(&mut out, &registry);
-        // The process collector reads /proc: not while backends may wait for the registry.
-        drop(registry);
+        let _ = encode_registry(&mut out, &lock(&self.registry));
+        let backends: Vec<_> = lock(&self.backends).values().cloned().collect();
+        for registry in backends {
+            let _ = encode_registry(&mut out, &lock(&registry));
+        }
+        // The process collector reads /proc: outside every lock.
         let _ = encode_registry(&mut out, &self.process);
         let _ = encode_eof(&mut out);
         out

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use herald_core::{AppContext, AppRouter, BuildError, RoutingError};
@@ -21,9 +22,10 @@ use crate::connections::{AcceptBackoff, Admission, Close, Connections};
 use crate::delivery::{App, DeliveryLayer};
 use crate::dispatch::{DispatchLimits, Dispatcher};
 use crate::http::{router, AppState};
-use crate::metrics::Metrics;
+use crate::metrics::{BackendMetricSet, Metrics};
 use crate::protocol_errors::{JsonProtocolErrors, MAX_HEADER_BYTES};
 use crate::registry::BackendRegistry;
+use crate::reload::Reloader;
 use crate::store::recent::RecentCache;
 use crate::store::sqlite::{SqliteStore, SqliteStoreOptions};
 use crate::store::{DedupStore, StoreError};
@@ -97,6 +99,8 @@ pub struct Server {
     connections: Connections,
     /// `server.metrics_listen`, bound; served from `run`.
     metrics_listener: Option<TcpListener>,
+    /// The configuration it was built from, the base of a reload's comparison.
+    loaded: Config,
 }
 
 /// How long backends get to close their upstream connections on shutdown.
@@ -108,22 +112,27 @@ pub async fn build_apps(
     registry: &BackendRegistry,
     metrics: &Metrics,
 ) -> Result<AppRouter<Arc<App>>, StartError> {
-    build_apps_for(config, registry, metrics, false).await
+    let (apps, backend_metrics) = build_apps_for(config, registry, metrics, false).await?;
+    metrics.install_backends(backend_metrics);
+    Ok(apps)
 }
 
 /// Builds every app as `herald check-config` does: backends are told (`AppContext::check_only`)
 /// to create nothing, e.g. no missing key file. Returns how many apps there are.
 pub async fn check_apps(config: &Config, registry: &BackendRegistry) -> Result<usize, StartError> {
-    Ok(build_apps_for(config, registry, &Metrics::new(), true).await?.iter().count())
+    Ok(build_apps_for(config, registry, &Metrics::new(), true).await?.0.iter().count())
 }
 
-async fn build_apps_for(
+/// Builds every app, its backend's metrics in a set of their own (served only once installed, so
+/// a reload that fails halfway leaves nothing behind).
+pub(crate) async fn build_apps_for(
     config: &Config,
     registry: &BackendRegistry,
     metrics: &Metrics,
     check_only: bool,
-) -> Result<AppRouter<Arc<App>>, StartError> {
+) -> Result<(AppRouter<Arc<App>>, BackendMetricSet), StartError> {
     let mut apps = Vec::with_capacity(config.apps.len());
+    let mut backend_metrics = BackendMetricSet::default();
     for (key, table) in &config.apps {
         let settings = config.app_settings(table);
         let context = AppContext {
@@ -131,7 +140,7 @@ async fn build_apps_for(
             data_dir: config.data_dir.clone(),
             config_dir: config.config_dir.clone(),
             check_only,
-            metrics: metrics.backend(key),
+            metrics: backend_metrics.app(key),
         };
         let backend = registry
             .build(&settings.kind, &context, settings.backend)
@@ -146,7 +155,7 @@ async fn build_apps_for(
         };
         apps.push((key.clone(), Arc::new(app)));
     }
-    Ok(AppRouter::new(apps)?)
+    Ok((AppRouter::new(apps)?, backend_metrics))
 }
 
 /// Keys the pushkey hashes in logs with this installation's secret (`<data_dir>/log-key`, created
@@ -322,6 +331,7 @@ impl Server {
             stop_pruner,
             connections,
             metrics_listener,
+            loaded: config.clone(),
         })
     }
 
@@ -333,6 +343,12 @@ impl Server {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// What reloads this server's apps from `path` (the file it was configured from), building
+    /// them with `registry`. Call [`Reloader::reload`] on `SIGHUP`.
+    pub fn reloader(&self, path: PathBuf, registry: Arc<BackendRegistry>) -> Reloader {
+        Reloader::new(path, registry, self.state.clone(), self.loaded.clone())
     }
 
     /// The router, for tests that call handlers without a socket.
@@ -489,7 +505,8 @@ impl Server {
         // connection (see `store::close_pool`). One still running is waited for by the close.
         self.stop_pruner.cancel();
         // Upstream connections go after the deliveries that used them (HTTP/2 GOAWAY, SMTP QUIT).
-        let closing = self.state.dispatcher.apps().map(|app| app.backend.close());
+        let apps = self.state.dispatcher.apps();
+        let closing = apps.iter().map(|app| app.backend.close());
         if tokio::time::timeout(CLOSE_BACKENDS, futures_util::future::join_all(closing))
             .await
             .is_err()

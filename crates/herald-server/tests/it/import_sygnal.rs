@@ -173,6 +173,7 @@ async fn a_documented_sygnal_configuration_imports_and_passes_check_config() {
     // And it says what Sygnal said.
     let config = Config::from_toml(&text, std::iter::empty(), dir.path().to_path_buf()).unwrap();
     assert_eq!(config.server.listen, "0.0.0.0:5005".parse().unwrap());
+    assert_eq!(config.server.metrics_listen, Some("127.0.0.1:8000".parse().unwrap()));
     assert_eq!(config.log.level, "warn");
     let app = |key: &str| config.apps.get(key).unwrap_or_else(|| panic!("{key}: {text}")).clone();
     let s = |t: &toml::Table, k: &str| t[k].as_str().unwrap().to_owned();

@@ -26,6 +26,7 @@ mod limits;
 mod observability;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod reload;
 // Through each compiled-in backend that talks to an upstream (`log` has none to test against).
 #[cfg(any(feature = "webpush", feature = "apns", feature = "fcm", feature = "email"))]
 mod send_test;
