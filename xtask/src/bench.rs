@@ -258,6 +258,8 @@ pub(crate) struct Outcome {
     pub(crate) measured: Measured,
     /// Largest resident set sampled during the measured run, bytes.
     pub(crate) rss_peak: u64,
+    /// Largest anonymous part of it (heap, stacks, caches: not the mapped binary), bytes.
+    pub(crate) rss_anon_peak: u64,
     /// `VmHWM` at the end (includes start-up and warm-up), bytes.
     pub(crate) rss_hwm: u64,
     /// Largest size of the dedup store's write-ahead log sampled during the measured run, bytes.
@@ -305,6 +307,11 @@ impl Outcome {
         self.usage.write_bytes as f64 / self.notifications().max(1) as f64
     }
 
+    /// CPU of the server under test per notify request, in microseconds.
+    pub(crate) fn cpu_us_per_request(&self) -> f64 {
+        (self.usage.user + self.usage.system) * 1e6 / self.measured.requests.max(1) as f64
+    }
+
     /// CPU of the server under test, % of one core.
     pub(crate) fn cpu_percent(&self) -> f64 {
         (self.usage.user + self.usage.system) * 100.0 / self.wall.max(1e-9)
@@ -315,6 +322,7 @@ impl Outcome {
 struct Measurement {
     measured: Measured,
     rss_peak: u64,
+    rss_anon_peak: u64,
     wal_peak: u64,
     usage: Usage,
     upstream_usage: Usage,
@@ -364,6 +372,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             "herald-email",
             "--example",
             "bench_smtp_sink",
+            "-p",
+            "herald-webpush",
+            "--example",
+            "crypto_floor",
         ])?;
     }
     let herald = release.join("herald");
@@ -407,6 +419,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         bench.upstream.addr
     );
     let started = Instant::now();
+    let floor = crypto_floor(&bench.examples, bench.options.quick);
     let mut outcomes = Vec::new();
     let sqlite = Setup { store_url: None, instances: 1 };
     let mut runs: Vec<(Kind, Setup)> = Vec::new();
@@ -453,7 +466,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         pg.proc.stop(Duration::from_secs(30));
     }
 
-    let report = report::Report::new(&bench.options, outcomes, elapsed);
+    let report = report::Report::new(&bench.options, outcomes, floor, elapsed);
     println!("{}", report.table());
     let json_path = bench.bench_dir.join("report.json");
     std::fs::write(&json_path, report.json())
@@ -553,6 +566,7 @@ fn ceiling(bench: &Bench) -> Result<Outcome, String> {
         label: "ceiling (bare hyper)".into(),
         measured: m.measured,
         rss_peak: m.rss_peak,
+        rss_anon_peak: m.rss_anon_peak,
         rss_hwm,
         wal_peak: m.wal_peak,
         usage: m.usage,
@@ -626,6 +640,7 @@ fn measure(
         Ok(Measurement {
             measured,
             rss_peak: peaks.rss,
+            rss_anon_peak: peaks.anon,
             wal_peak: peaks.file,
             usage,
             upstream_usage,
@@ -822,6 +837,7 @@ fn herald_scenario(bench: &Bench, kind: Kind, setup: &Setup) -> Result<Outcome, 
         label,
         measured,
         rss_peak: m.rss_peak,
+        rss_anon_peak: m.rss_anon_peak,
         rss_hwm,
         wal_peak: m.wal_peak,
         usage: m.usage,
@@ -1402,6 +1418,23 @@ fn finish_perf(profiler: Profiler) {
             _ => eprintln!("bench:   perf report failed; raw profile: {}", profiler.data.display()),
         }
     }
+}
+
+/// The cryptographic floor of one WebPush message in this run, in CPU µs (the `crypto_floor`
+/// example: one thread, nothing else of Herald's running). `None`, with a warning, if it cannot
+/// be measured: the report then shows no ratios to it.
+fn crypto_floor(examples: &Path, quick: bool) -> Option<f64> {
+    let seconds = if quick { "0.5" } else { "3" };
+    let run = Command::new(examples.join("crypto_floor")).args(["--seconds", seconds]).output();
+    let floor = run.ok().filter(|o| o.status.success()).and_then(|o| {
+        let line: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        line["microseconds_per_message"].as_f64()
+    });
+    match floor {
+        Some(us) => eprintln!("bench: cryptographic floor of a WebPush message: {us:.1} µs"),
+        None => eprintln!("bench: WARNING: the cryptographic floor could not be measured"),
+    }
+    floor
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 mod aes128gcm;
 mod backend;
 pub mod config;
+pub mod crypto_floor;
 mod guard;
 mod origins;
 mod payload;

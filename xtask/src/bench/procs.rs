@@ -321,6 +321,8 @@ pub(crate) struct RssSampler {
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Peaks {
     pub(crate) rss: u64,
+    /// `RssAnon`: the resident set without file-backed pages (the mapped binary, libraries).
+    pub(crate) anon: u64,
     /// Of the sampled file; 0 when none was given or it never existed.
     pub(crate) file: u64,
 }
@@ -337,6 +339,7 @@ impl RssSampler {
         loop {
             let stopping = self.stop.load(Ordering::Relaxed);
             peaks.rss = peaks.rss.max(status_kb(self.pid, "VmRSS").unwrap_or(0));
+            peaks.anon = peaks.anon.max(status_kb(self.pid, "RssAnon").unwrap_or(0));
             if let Some(file) = &self.file {
                 let size = std::fs::metadata(file).map_or(0, |m| m.len());
                 peaks.file = peaks.file.max(size);

@@ -47,8 +47,18 @@ pub(crate) struct Check {
 pub(crate) struct Report {
     options: Options,
     pub(crate) outcomes: Vec<Outcome>,
+    /// CPU µs of one WebPush message's RFC 8291 encryption, measured in this run.
+    floor: Option<f64>,
     checks: Vec<Check>,
     elapsed: Duration,
+}
+
+/// Unique WebPush notifications cost at most this many times their cryptography (issue 14).
+const MAX_CPU_TO_FLOOR: f64 = 1.5;
+
+/// Whether a scenario encrypts one WebPush message per notification: the floor applies.
+fn encrypts_webpush(kind: Kind) -> bool {
+    matches!(kind, Kind::Unique | Kind::UniqueFilled | Kind::BadgeOnly)
 }
 
 fn mb(bytes: u64) -> f64 {
@@ -67,9 +77,20 @@ pub(crate) fn rows_label(rows: u64) -> String {
 }
 
 impl Report {
-    pub(crate) fn new(options: &Options, outcomes: Vec<Outcome>, elapsed: Duration) -> Report {
-        let checks = checks(&outcomes);
-        Report { options: options.clone(), outcomes, checks, elapsed }
+    pub(crate) fn new(
+        options: &Options,
+        outcomes: Vec<Outcome>,
+        floor: Option<f64>,
+        elapsed: Duration,
+    ) -> Report {
+        let checks = checks(&outcomes, floor);
+        Report { options: options.clone(), outcomes, floor, checks, elapsed }
+    }
+
+    /// A WebPush scenario's CPU per notification as a multiple of the floor.
+    fn to_floor(&self, o: &Outcome) -> Option<f64> {
+        let floor = self.floor.filter(|f| *f > 0.0)?;
+        encrypts_webpush(o.kind).then(|| o.cpu_us_per_request() / floor)
     }
 
     fn ceiling(&self) -> Option<&Outcome> {
@@ -85,7 +106,7 @@ impl Report {
     pub(crate) fn table(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!(
-            "\n{:<28} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7} {:>8} {:>7} {:>8}\n",
+            "\n{:<28} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>6} {:>8} {:>7} {:>8}\n",
             "scenario",
             "notify/s",
             "×ceiling",
@@ -94,6 +115,8 @@ impl Report {
             "errors",
             "RSS MB",
             "CPU %",
+            "CPU µs",
+            "×floor",
             "disk B/n",
             "WAL MB",
             "targets"
@@ -115,7 +138,7 @@ impl Report {
             };
             let label = if o.profiled { format!("{} (perf)", o.label) } else { o.label.clone() };
             out.push_str(&format!(
-                "{:<28} {:>9.0} {:>9} {:>8.2} {:>8.2} {:>7} {:>7.1} {:>7.0} {:>8.0} {:>7} {:>8}\n",
+                "{:<28} {:>9.0} {:>9} {:>8.2} {:>8.2} {:>7} {:>7.1} {:>7.0} {:>7.1} {:>6} {:>8.0} {:>7} {:>8}\n",
                 label,
                 m.per_second(),
                 ratio,
@@ -124,6 +147,8 @@ impl Report {
                 o.errors(),
                 mb(o.rss_peak),
                 o.cpu_percent(),
+                o.cpu_us_per_request(),
+                self.to_floor(o).map_or("-".into(), |r| format!("{r:.2}")),
                 o.written_per_notification(),
                 if o.kind == Kind::Ceiling { "-".into() } else { format!("{:.1}", mb(o.wal_peak)) },
                 targets
@@ -131,13 +156,27 @@ impl Report {
         }
         out.push_str(&format!(
             "\n{} connections, {} s per scenario{}; CPU is % of one core ({} cores shared by wrk, \
-             the fake push service and the server); RSS is the peak sampled under load; disk B/n is \
+             the fake push service and the server); CPU µs is the server's CPU per notify request, \
+             ×floor that against the cryptographic floor of one WebPush message ({}) for the \
+             scenarios that encrypt one; RSS is the peak sampled under load; disk B/n is \
              what the server wrote to storage per notification (/proc/<pid>/io write_bytes); WAL \
              is the largest size of the dedup store's write-ahead log sampled under load.\n",
             self.options.connections,
             self.options.duration.as_secs(),
             if self.options.quick { " (--quick)" } else { "" },
-            cores()
+            cores(),
+            self.floor.map_or("not measured".into(), |f| format!("{f:.1} µs in this run")),
+        ));
+        let anon: Vec<String> = self
+            .outcomes
+            .iter()
+            .filter(|o| o.kind != Kind::Ceiling)
+            .map(|o| format!("{} {:.1}", o.kind.name(), mb(o.rss_anon_peak)))
+            .collect();
+        out.push_str(&format!(
+            "Of the RSS, anonymous memory (heap, stacks, caches; the rest is the mapped binary and \
+             libraries), MB: {}.\n",
+            anon.join(", ")
         ));
         let busy: Vec<String> = self
             .outcomes
@@ -213,6 +252,7 @@ impl Report {
                     },
                     "problems": o.problems,
                     "rss_peak_mb": mb(o.rss_peak),
+                    "rss_anon_peak_mb": mb(o.rss_anon_peak),
                     "rss_hwm_mb": mb(o.rss_hwm),
                     "notifications": o.notifications(),
                     "disk_write_bytes": o.usage.write_bytes,
@@ -221,8 +261,8 @@ impl Report {
                     "cpu_percent_of_one_core": o.cpu_percent(),
                     "cpu_user_percent": o.usage.user * 100.0 / o.wall.max(1e-9),
                     "cpu_system_percent": o.usage.system * 100.0 / o.wall.max(1e-9),
-                    "cpu_microseconds_per_request":
-                        (o.usage.user + o.usage.system) * 1e6 / (m.requests.max(1) as f64),
+                    "cpu_microseconds_per_request": o.cpu_us_per_request(),
+                    "cpu_ratio_to_crypto_floor": self.to_floor(o),
                     "context_switches_per_request":
                         o.usage.context_switches as f64 / (m.requests.max(1) as f64),
                     "wrk_cpu_percent_of_one_core": o.load_cpu * 100.0 / o.wall.max(1e-9),
@@ -278,6 +318,7 @@ impl Report {
                            "rss_mb": SYGNAL_RSS_MB, "source": SYGNAL_SOURCE},
                 "ceiling_per_second": REFERENCE_CEILING_PER_SECOND,
             },
+            "crypto_floor_microseconds": self.floor,
             "scenarios": scenarios,
             "targets": checks,
         });
@@ -286,7 +327,7 @@ impl Report {
 }
 
 /// The targets of issue 4, checked against this run.
-fn checks(outcomes: &[Outcome]) -> Vec<Check> {
+fn checks(outcomes: &[Outcome], floor: Option<f64>) -> Vec<Check> {
     let find = |k: Kind| outcomes.iter().find(|o| o.kind == k);
     let ceiling = find(Kind::Ceiling).map(|o| o.measured.per_second()).filter(|c| *c > 0.0);
     let mut checks = Vec::new();
@@ -317,6 +358,15 @@ fn checks(outcomes: &[Outcome]) -> Vec<Check> {
             Kind::Email => {}
             // Issue 9: no per-message crypto (the provider token is signed once an hour).
             Kind::Apns => ratio_at_least(0.4),
+        }
+        if let (Kind::Unique, Some(floor)) = (o.kind, floor.filter(|f| *f > 0.0)) {
+            let ratio = o.cpu_us_per_request() / floor;
+            push(
+                o,
+                format!("CPU ≤ {MAX_CPU_TO_FLOOR} × crypto floor"),
+                format!("{ratio:.2} ({:.0} / {floor:.0} µs)", o.cpu_us_per_request()),
+                ratio <= MAX_CPU_TO_FLOOR,
+            );
         }
         if o.kind == Kind::Unique {
             push(o, "≥ 8000 notify/s (absolute)".into(), format!("{rate:.0}"), rate >= 8000.0);
