@@ -131,8 +131,16 @@ pub struct BackendMetricSet(BTreeMap<String, Arc<Mutex<Registry>>>);
 impl BackendMetricSet {
     /// Where the backend of app `app` registers its metrics (labelled `app`).
     pub fn app(&mut self, app: &str) -> herald_core::BackendMetrics {
+        Self::app_in(&mut self.0, app)
+    }
+
+    /// A fresh registry for `app` in `registries`, replacing any before.
+    fn app_in(
+        registries: &mut BTreeMap<String, Arc<Mutex<Registry>>>,
+        app: &str,
+    ) -> herald_core::BackendMetrics {
         let registry = Arc::new(Mutex::new(Registry::with_prefix("herald")));
-        self.0.insert(app.to_owned(), registry.clone());
+        registries.insert(app.to_owned(), registry.clone());
         herald_core::BackendMetrics::new(registry, app)
     }
 }
@@ -376,10 +384,7 @@ impl Metrics {
     /// Where the backend of app `app` registers its own metrics, served at once (replacing those
     /// of an app of that name). Builds of a whole set of apps use [`BackendMetricSet`] instead.
     pub fn backend(&self, app: &str) -> herald_core::BackendMetrics {
-        let mut set = BackendMetricSet::default();
-        let metrics = set.app(app);
-        lock(&self.backends).extend(set.0);
-        metrics
+        BackendMetricSet::app_in(&mut lock(&self.backends), app)
     }
 
     /// Serves `set` as the backends' metrics from now on, dropping those of the apps before.

@@ -385,7 +385,6 @@ impl Server {
         // Warm-up needs the network, which start-up must not: it runs beside serving, and a
         // failure is only logged (the first delivery tries again).
         for app in self.state.dispatcher.apps() {
-            let app = app.clone();
             tokio::spawn(async move {
                 if let Err(e) = app.backend.warm_up().await {
                     tracing::warn!(app = %app.key, error = %e, "warming up the app failed");

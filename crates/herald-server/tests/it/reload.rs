@@ -1,7 +1,7 @@
 //! Reloading the configuration while serving: in-process (which backend served what, and when the
 //! replaced one was closed) and through the real binary (SIGHUP under load, `herald reload`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use herald_core::{Backend, CallContext, DeliveryError, Device, Notification, Outcome, Upstream};
+use herald_server::reload::Reloader;
 use herald_server::{BackendRegistry, Config, Server};
 
 use crate::common::{free_addr, get_text, post, write_config_file, HeraldProcess};
@@ -88,6 +89,36 @@ async fn notify(addr: std::net::SocketAddr, event_id: &str, app_id: &str, key: &
     body.to_string()
 }
 
+/// A server in this process, serving `generation` apps, with its reloader.
+struct InProcess {
+    generations: Generations,
+    reloader: Reloader,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), herald_server::RunError>>,
+}
+
+impl InProcess {
+    /// Writes the config file (`apps` on `addr`) and serves it; returns the file too.
+    async fn start(dir: &Path, addr: std::net::SocketAddr, apps: &str) -> (InProcess, PathBuf) {
+        let path = write_config_file(dir, addr, apps);
+        let config = Config::load(&path).unwrap();
+        let generations = Generations::default();
+        let registry = Arc::new(generations.registry());
+        let server = Server::bind(&config, &registry).await.unwrap();
+        let reloader = server.reloader(path.clone(), registry);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        (InProcess { generations, reloader, stop, task }, path)
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
 const ACCEPTED: &str = r#"{"rejected":[]}"#;
 
 #[tokio::test]
@@ -98,16 +129,8 @@ async fn in_flight_requests_finish_on_the_old_app_which_is_closed_after_them() {
 [apps."com.example.a"]
 kind = "generation"
 "#;
-    let path = write_config_file(dir.path(), addr, apps);
-    let config = Config::load(&path).unwrap();
-    let generations = Generations::default();
-    let registry = Arc::new(generations.registry());
-    let server = Server::bind(&config, &registry).await.unwrap();
-    let reloader = server.reloader(path.clone(), registry.clone());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
+    let (server, _) = InProcess::start(dir.path(), addr, apps).await;
+    let (generations, reloader) = (&server.generations, &server.reloader);
 
     // A delivery that takes a second is in flight on build 1 …
     let slow = tokio::spawn(notify(addr, "$slow", "com.example.a", "slow"));
@@ -141,8 +164,7 @@ kind = "generation"
     // The same event again is still deduplicated across the reload.
     let _ = notify(addr, "$slow", "com.example.a", "slow").await;
     assert_eq!(generations.served("slow"), [1]);
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -150,16 +172,8 @@ async fn an_invalid_configuration_is_refused_and_the_old_one_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let apps = "[apps.\"com.example.a\"]\nkind = \"generation\"\n";
-    let path = write_config_file(dir.path(), addr, apps);
-    let config = Config::load(&path).unwrap();
-    let generations = Generations::default();
-    let registry = Arc::new(generations.registry());
-    let server = Server::bind(&config, &registry).await.unwrap();
-    let reloader = server.reloader(path.clone(), registry.clone());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
+    let (server, path) = InProcess::start(dir.path(), addr, apps).await;
+    let (generations, reloader) = (&server.generations, &server.reloader);
 
     for (broken, expected) in [
         ("data_dir = [", "TOML"),
@@ -192,8 +206,7 @@ async fn an_invalid_configuration_is_refused_and_the_old_one_keeps_serving() {
     assert_eq!(report.unchanged, 1);
     let metrics = get_text(addr, "/metrics").await;
     assert!(metrics.contains("herald_config_last_reload_successful 1"), "{metrics}");
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 /// A client that sends notifications back to back until told to stop; counts what it got.
